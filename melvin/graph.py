@@ -1,0 +1,118 @@
+"""`Graph`: the public object. A thin layer over the compiled core that validates arguments."""
+from __future__ import annotations
+
+import logging
+import os
+
+from melvin._core.core import Core
+from melvin.limits import Limits
+
+log = logging.getLogger(__name__)
+
+PORT_TEXT = 0
+PORT_AUDIO = 1
+PORT_IMAGE = 2
+PORT_SENSOR = 3
+
+
+def _as_bytes(data, what: str = "data") -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data) if not isinstance(data, bytes) else data
+    raise TypeError(f"{what} must be bytes or str, got {type(data).__name__}")
+
+
+def _port(port) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 255:
+        raise ValueError(f"port must be an int in [0, 255], got {port!r}")
+    return port
+
+
+class Graph:
+    """A growing graph of byte patterns that learns what follows what.
+
+    >>> g = Graph()
+    >>> for _ in range(5):
+    ...     g.feed("hello world")
+    >>> g.generate("hello")
+    b' world'
+    """
+
+    def __init__(self, limits: Limits | None = None, seed: int = 0, *, _core: Core | None = None):
+        if limits is None:
+            limits = Limits()
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a melvin.Limits, got {type(limits).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.limits = limits
+        # Every decision is deterministic (payload-derived hashes); the seed is recorded for the
+        # randomised mechanisms and for provenance.
+        self.seed = seed
+        self._core = _core if _core is not None else Core(**limits.core_kwargs())
+
+    def feed(self, data, port: int = PORT_TEXT) -> None:
+        """Learn one episode: context starts empty and the sequence ends with a learned STOP."""
+        self._core.feed(_as_bytes(data), _port(port))
+
+    def generate(self, prompt=b"", port: int = PORT_TEXT, *, max_bytes: int = 256,
+                 min_confidence: float = 0.0, return_confidence: bool = False):
+        """Deterministic greedy continuation of the prompt (the continuation only). Stops at STOP,
+        at a loop, when the best step's probability is below min_confidence, or at max_bytes."""
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        out, conf = self._core.generate(_as_bytes(prompt, "prompt"), _port(port), max_bytes,
+                                        float(min_confidence))
+        return (out, conf) if return_confidence else out
+
+    def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):
+        """The k most probable next tokens after the prompt as (token, probability), highest first.
+        Probabilities come from one proper distribution over every node and STOP (shown as b"")."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        return self._core.predict(_as_bytes(prompt, "prompt"), k, _port(port))
+
+    def score(self, data, port: int = PORT_TEXT) -> float:
+        """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
+        frozen model: an honest code length, comparable with compressors."""
+        data = _as_bytes(data)
+        if not data:
+            raise ValueError("score needs at least one byte")
+        return self._core.score_bits(data, _port(port)) / len(data)
+
+    def score_bits(self, data, port: int = PORT_TEXT) -> float:
+        """Total code length in bits of one episode (for summing over many episodes)."""
+        return self._core.score_bits(_as_bytes(data), _port(port))
+
+    def stats(self) -> dict:
+        s = self._core.stats()
+        s["transformers"] = 0
+        s["embeddings"] = 0
+        s["bytes_per_edge"] = s["memory_bytes"] / s["edges"] if s["edges"] else None
+        s["max_memory"] = self.limits.max_memory
+        return s
+
+    def check(self) -> bool:
+        """Verify every internal invariant; raises melvin.InvariantError."""
+        return self._core.check()
+
+    def prune(self, target_bytes) -> dict:
+        """Shed the least used structure (age counts, drop zeros) until memory <= target_bytes."""
+        from melvin.limits import parse_size
+        before = self._core.stats()
+        self._core.prune(parse_size(target_bytes, "target_bytes"))
+        after = self._core.stats()
+        log.info("pruned %d -> %d bytes", before["memory_bytes"], after["memory_bytes"])
+        return {k: before[k] - after[k] for k in ("nodes", "contexts", "edges", "memory_bytes")}
+
+    def save(self, path) -> None:
+        """Write the brain atomically (temp file, fsync, rename)."""
+        from melvin.persist import save
+        save(self, os.fspath(path))
+
+    def __repr__(self):
+        s = self._core.stats()
+        return f"<melvin.Graph nodes={s['nodes']} edges={s['edges']} memory={s['memory_bytes']}>"

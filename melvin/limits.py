@@ -1,0 +1,117 @@
+"""Caps and knobs of a graph, with KenLM-style size parsing ("512M", "2G", "80%")."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def physical_memory() -> int:
+    """Bytes of physical RAM (falls back to 4 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 << 30
+
+
+def parse_size(value, field: str = "size") -> int:
+    """Parse 123, "512M", "2G", "1.5G" or "80%" (of physical RAM) into bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"{field}: must be positive, got {value}")
+        return value
+    if isinstance(value, float):
+        raise ValueError(f"{field}: give bytes as an int or a string like '512M', got {value!r}")
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected an int or a string like '512M', got {type(value).__name__}")
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"{field}: cannot parse percentage {value!r}") from None
+        if not 0 < pct <= 100:
+            raise ValueError(f"{field}: percentage must be in (0, 100], got {value!r}")
+        return int(physical_memory() * pct / 100)
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"{field}: cannot parse size {value!r} (examples: 1048576, '512M', '2G', '80%')")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise ValueError(f"{field}: must be positive, got {value!r}")
+    return n
+
+
+# (minimum, maximum) of every integer field; max_memory is parsed separately.
+_RANGES = {
+    "max_nodes": (512, 0xFFFFFFF0),
+    "max_edges": (64, 0xFFFFFFF0),
+    "max_payload": (2, 65535),
+    "max_levels": (1, 255),
+    "context_len": (1, 32),
+    "hierarchy_min_count": (2, 1 << 30),
+    "embedding_dims": (0, 1024),
+    "max_transformers": (0, 1 << 30),
+    "transformer_min_uses": (1, 1 << 30),
+    "max_heads": (0, 64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Hard caps of a graph. Sizes accept ints (bytes) or strings: "512M", "2G", "80%".
+
+    max_memory: the graph's own memory budget (every byte of its tables). Training that reaches it
+        prunes (halves counts, drops what reaches zero) down to 70% of it instead of failing.
+    max_nodes: patterns (256 bytes per port + STOP + hierarchy). At the cap, hierarchy stops forming.
+    max_edges: context->token edges. Training that reaches it prunes down to 70% of it.
+    max_payload: longest pattern, in bytes. max_levels: deepest hierarchy level.
+    context_len: tokens of context the model conditions on (orders 1..context_len).
+    hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
+    embedding_dims, max_transformers, transformer_min_uses, max_heads: caps of the embedding and
+        edge-attention mechanisms; accepted and validated, but those mechanisms are not built yet.
+    """
+
+    max_memory: int | str = "25%"
+    max_nodes: int = 1 << 22
+    max_edges: int = 1 << 30
+    max_payload: int = 64
+    max_levels: int = 16
+    context_len: int = 4
+    hierarchy_min_count: int = 2
+    embedding_dims: int = 16
+    max_transformers: int = 1 << 16
+    transformer_min_uses: int = 32
+    max_heads: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "max_memory", parse_size(self.max_memory, "max_memory"))
+        if self.max_memory < 1 << 16:
+            raise ValueError(f"max_memory: at least 64K is needed, got {self.max_memory}")
+        for name, (lo, hi) in _RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}: expected an int, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name}: must be in [{lo}, {hi}], got {value}")
+
+    def core_kwargs(self) -> dict:
+        return dict(max_memory=self.max_memory, max_nodes=self.max_nodes, max_edges=self.max_edges,
+                    max_payload=self.max_payload, max_levels=self.max_levels,
+                    context_len=self.context_len, form_min_count=self.hierarchy_min_count)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Limits":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown Limits fields: {sorted(unknown)}")
+        return cls(**data)

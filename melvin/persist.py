@@ -1,0 +1,193 @@
+"""Brain files, format v1.
+
+Layout (all little-endian):
+    magic "MLVNBRN\\n" | u32 version | u32 section count | section table | u32 crc32 of the table
+    section table entry: 8-byte ASCII name | u64 offset | u64 length | u32 crc32 | u32 reserved
+    sections: "limits" and "meta" (JSON), "nodes" (16 B each), "arena" (payload bytes),
+              "contexts" (12 B each), "edges" (12 B each)
+
+Loading validates the table, every checksum, every record count against its section length, and
+then every id and offset (in the core) before the graph is used; any damage raises
+CorruptBrainError. Saving writes a temp file, fsyncs it and renames it over the target, so an
+interrupted save leaves the previous brain intact.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+
+from melvin._core.core import CAPACITY_NAMES, COUNTER_NAMES, CTX_DTYPE, EDGE_DTYPE, NODE_DTYPE, Core
+from melvin.errors import CorruptBrainError
+from melvin.limits import Limits
+
+MAGIC = b"MLVNBRN\n"
+VERSION = 1
+_HEAD = struct.Struct("<8sII")
+_ENTRY = struct.Struct("<8sQQII")
+_CRC = struct.Struct("<I")
+_SECTIONS = ("limits", "meta", "nodes", "arena", "contexts", "edges")
+_JSON_MAX = 1 << 16
+
+
+def _sections(graph) -> dict[str, bytes]:
+    state = graph._core.export_state()
+    meta = dict(seed=graph.seed, counters=state["counters"], capacities=state["capacities"],
+                counts=dict(nodes=len(state["nodes"]), contexts=len(state["contexts"]),
+                            edges=len(state["edges"])))
+    return {
+        "limits": json.dumps(graph.limits.to_dict(), sort_keys=True).encode(),
+        "meta": json.dumps(meta, sort_keys=True).encode(),
+        "nodes": state["nodes"].tobytes(),
+        "arena": state["arena"],
+        "contexts": state["contexts"].tobytes(),
+        "edges": state["edges"].tobytes(),
+    }
+
+
+def dumps(graph) -> bytes:
+    """The brain as bytes (what save() writes)."""
+    sections = _sections(graph)
+    table_len = len(_SECTIONS) * _ENTRY.size
+    offset = _HEAD.size + table_len + _CRC.size
+    table, body = [], []
+    for name in _SECTIONS:
+        data = sections[name]
+        table.append(_ENTRY.pack(name.encode().ljust(8, b"\0"), offset, len(data),
+                                 zlib.crc32(data), 0))
+        body.append(data)
+        offset += len(data)
+    table_bytes = b"".join(table)
+    return b"".join([_HEAD.pack(MAGIC, VERSION, len(_SECTIONS)), table_bytes,
+                     _CRC.pack(zlib.crc32(table_bytes))] + body)
+
+
+def save(graph, path: str) -> None:
+    data = dumps(graph)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".melvin-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _json(buf, name: str) -> dict:
+    if len(buf) > _JSON_MAX:
+        raise CorruptBrainError(f"{name} section too large ({len(buf)} bytes)")
+    try:
+        value = json.loads(bytes(buf).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptBrainError(f"{name} section is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CorruptBrainError(f"{name} section is not a JSON object")
+    return value
+
+
+def _int_map(d, names, what) -> dict:
+    if not isinstance(d, dict):
+        raise CorruptBrainError(f"{what} missing")
+    out = {}
+    for name in names:
+        v = d.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 63:
+            raise CorruptBrainError(f"{what}.{name} missing or invalid: {v!r}")
+        out[name] = v
+    return out
+
+
+def loads(buf, *, limits: Limits | None = None):
+    """Rebuild a Graph from save()'s bytes (any buffer: bytes, mmap)."""
+    from melvin.graph import Graph
+
+    view = memoryview(buf)
+    if len(view) < _HEAD.size:
+        raise CorruptBrainError("file too short for a melvin brain")
+    magic, version, count = _HEAD.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise CorruptBrainError("not a melvin brain (bad magic)")
+    if version != VERSION:
+        raise CorruptBrainError(f"brain format version {version} is not supported (this melvin "
+                                f"reads version {VERSION})")
+    if count != len(_SECTIONS):
+        raise CorruptBrainError(f"unexpected section count {count}")
+    table_end = _HEAD.size + count * _ENTRY.size
+    if len(view) < table_end + _CRC.size:
+        raise CorruptBrainError("file truncated inside the section table")
+    table = view[_HEAD.size:table_end]
+    (crc,) = _CRC.unpack_from(view, table_end)
+    if zlib.crc32(table) != crc:
+        raise CorruptBrainError("section table checksum mismatch")
+    sections = {}
+    for i in range(count):
+        raw, offset, length, crc, _ = _ENTRY.unpack_from(table, i * _ENTRY.size)
+        name = raw.rstrip(b"\0").decode("ascii", "replace")
+        if name != _SECTIONS[i]:
+            raise CorruptBrainError(f"unexpected section {name!r}")
+        if offset < table_end + _CRC.size or offset + length > len(view):
+            raise CorruptBrainError(f"section {name} lies outside the file (truncated?)")
+        data = view[offset:offset + length]
+        if zlib.crc32(data) != crc:
+            raise CorruptBrainError(f"section {name} checksum mismatch")
+        sections[name] = data
+    try:
+        saved_limits = Limits.from_dict(_json(sections["limits"], "limits"))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CorruptBrainError):
+            raise
+        raise CorruptBrainError(f"invalid limits: {exc}") from None
+    meta = _json(sections["meta"], "meta")
+    counts = _int_map(meta.get("counts"), ("nodes", "contexts", "edges"), "meta.counts")
+    counters = _int_map(meta.get("counters"), COUNTER_NAMES, "meta.counters")
+    capacities = _int_map(meta.get("capacities"), CAPACITY_NAMES, "meta.capacities")
+    seed = meta.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CorruptBrainError("meta.seed invalid")
+    arrays = {}
+    for name, dtype in (("nodes", NODE_DTYPE), ("contexts", CTX_DTYPE), ("edges", EDGE_DTYPE)):
+        if len(sections[name]) != counts[name] * dtype.itemsize:
+            raise CorruptBrainError(f"section {name} holds {len(sections[name])} bytes, "
+                                    f"expected {counts[name]} records of {dtype.itemsize}")
+        arrays[name] = np.frombuffer(sections[name], dtype=dtype)
+    use = limits or saved_limits
+    core = Core(**use.core_kwargs(), empty=True)
+    core.import_state(arrays["nodes"], bytes(sections["arena"]), arrays["contexts"],
+                      arrays["edges"], counters, capacities)
+    return Graph(use, seed, _core=core)
+
+
+def load(path, *, mmap_file: bool = True):
+    """Load a brain saved by Graph.save(). The file is memory-mapped while it is validated and
+    copied into the graph's own tables. Raises CorruptBrainError on any damage."""
+    with open(os.fspath(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CorruptBrainError("empty brain file")
+        if not mmap_file:
+            return loads(f.read())
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                return loads(mm)
+            finally:
+                pass

@@ -1,0 +1,555 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The owning extension type: one GraphC, its pool, and the Python surface of the core."""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memset, memcmp
+from melvin._core.defs cimport *
+from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
+from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted, node_find, ctx_find,
+                                 edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
+                                 reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
+                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact)
+from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
+                                 add_port, feed_episode, prob_of, score_episode, prune_to)
+from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
+
+cnp.import_array()
+
+NODE_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
+                       ("right", "<u4"), ("count", "<u4")])
+CTX_DTYPE = np.dtype([("key", "<u8"), ("node", "<u4")])
+EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
+COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
+                 "pruned_contexts", "prunes", "peak_memory_bytes")
+CAPACITY_NAMES = ("nodes", "contexts", "edges", "trie", "arena", "node_index", "context_index",
+                  "edge_index", "trie_index")
+
+
+cdef class Core:
+    cdef GraphC g
+    cdef readonly dict limits
+
+    def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
+                  uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
+                  uint32_t form_min_count, bint empty=False):
+        memset(&self.g, 0, sizeof(GraphC))
+        store_init(&self.g)
+        self.g.pool.cap = max_memory
+        self.g.pool.fail_at = -1
+        self.g.max_nodes = max_nodes
+        self.g.max_edges = max_edges
+        self.g.max_payload = max_payload
+        self.g.max_levels = max_levels
+        self.g.context_len = context_len
+        self.g.form_min_count = form_min_count
+        self.limits = dict(max_memory=max_memory, max_nodes=max_nodes, max_edges=max_edges,
+                           max_payload=max_payload, max_levels=max_levels, context_len=context_len,
+                           form_min_count=form_min_count)
+        if not empty and graph_init(&self.g) < 0:
+            self._raise("creating the base nodes")
+
+    def __dealloc__(self):
+        store_free(&self.g)
+
+    cdef _raise(self, str what):
+        cdef int err = self.g.pool.err
+        self.g.pool.err = ERR_NONE
+        if err == ERR_CAP:
+            raise CapExceeded(f"max_memory ({self.g.pool.cap} bytes) reached while {what}: "
+                              f"{self.g.pool.used} bytes in use, {self.g.pool.err_request} more "
+                              f"requested; raise Limits.max_memory")
+        if err == ERR_LIMIT:
+            raise CapExceeded(f"a count cap was reached while {what} (nodes {self.g.n_nodes}/"
+                              f"{self.g.max_nodes}, edges {self.g.n_edges}/{self.g.max_edges}); "
+                              f"raise Limits.max_nodes or Limits.max_edges")
+        if err == ERR_OVERFLOW:
+            raise CapExceeded(f"size overflow while {what}")
+        raise MemoryError(f"allocation of {self.g.pool.err_request} bytes failed while {what}")
+
+    # --- learning ----------------------------------------------------------------------------
+    def feed(self, const uint8_t[::1] data, int port=0):
+        cdef int rc
+        cdef size_t n = data.shape[0]
+        cdef const uint8_t* p = &data[0] if n else NULL
+        with nogil:
+            rc = feed_episode(&self.g, p, n, <uint8_t>port)
+        if rc < 0:
+            self._raise("feeding")
+
+    def prune(self, size_t target_bytes):
+        with nogil:
+            prune_to(&self.g, target_bytes, self.g.max_edges, NULL)
+
+    # --- queries -----------------------------------------------------------------------------
+    def score_bits(self, const uint8_t[::1] data, int port=0):
+        cdef size_t n = data.shape[0]
+        cdef const uint8_t* p = &data[0] if n else NULL
+        cdef double bits
+        with nogil:
+            bits = score_episode(&self.g, p, n, <uint8_t>port)
+        return bits
+
+    cdef bytes _payload(self, uint32_t v):
+        cdef NodeC* nd = &self.g.nodes[v]
+        return (<char*>self.g.arena)[nd.payload_off:nd.payload_off + nd.payload_len]
+
+    cdef list _parse(self, const uint8_t* p, size_t n, uint8_t port, list starts):
+        cdef list ids = []
+        cdef size_t pos = 0
+        cdef uint32_t v, length
+        while pos < n:
+            v = match_longest(&self.g, port, p + pos, n - pos, &length)
+            ids.append(v)
+            starts.append(pos)
+            pos += length
+        return ids
+
+    cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j):
+        """The trace the model would have after the first j prompt tokens of an episode."""
+        cdef Py_ssize_t i, first = j - <Py_ssize_t>self.g.context_len
+        trace_reset(tr)
+        if first < 0:
+            first = 0
+        for i in range(first, j):
+            trace_push(tr, <uint32_t>ids[i], self.g.context_len)
+
+    cdef dict _candidates(self, uint32_t* cis, uint32_t m, uint8_t port):
+        """Every token observed after any order of the current context, with its probability."""
+        cdef dict out = {}
+        cdef uint32_t k, e, d
+        for k in range(m):
+            if cis[k] == NONE:
+                continue
+            e = self.g.ctxs[cis[k]].head
+            while e != NONE:
+                d = self.g.edges[e].dst
+                if d not in out and (d == STOP or self.g.nodes[d].port == port):
+                    out[d] = prob_of(&self.g, cis, m, d)
+                e = self.g.edges[e].next
+        return out
+
+    def predict(self, const uint8_t[::1] prompt, int k=5, int port=0):
+        cdef size_t n = prompt.shape[0]
+        cdef const uint8_t* p = &prompt[0] if n else NULL
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t m, v
+        cdef list starts = []
+        if k <= 0 or self.g.port_root[<uint8_t>port] == NONE:
+            return []
+        ids = self._parse(p, n, <uint8_t>port, starts)
+        self._trace_at(&tr, ids, len(ids))
+        m = trace_contexts(&self.g, &tr, cis)
+        cand = self._candidates(cis, m, <uint8_t>port)
+        # Unobserved tokens share the order-0 floor; the most frequent of them can still rank.
+        counts = self.node_counts()
+        for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k]:
+            if v not in cand:
+                cand[int(v)] = prob_of(&self.g, cis, m, <uint32_t>v)
+        ranked = sorted(cand.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [(b"" if v == STOP else self._payload(v), prob) for v, prob in ranked]
+
+    def distribution(self, const uint8_t[::1] prompt, int port=0):
+        """The full next-token distribution after the prompt, indexed by node id (for tests)."""
+        cdef size_t n = prompt.shape[0]
+        cdef const uint8_t* p = &prompt[0] if n else NULL
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t m, k, e
+        cdef double T, D
+        cdef list starts = []
+        ids = self._parse(p, n, <uint8_t>port, starts)
+        self._trace_at(&tr, ids, len(ids))
+        m = trace_contexts(&self.g, &tr, cis)
+        cdef cnp.ndarray[cnp.float64_t, ndim=1] dist = \
+            (self.node_counts().astype(np.float64) + 1.0) / (self.g.total_count + self.g.n_nodes)
+        for k in range(m):
+            if cis[k] == NONE or self.g.ctxs[cis[k]].total == 0:
+                continue
+            T = self.g.ctxs[cis[k]].total
+            D = self.g.ctxs[cis[k]].distinct
+            dist *= D / (T + D)
+            e = self.g.ctxs[cis[k]].head
+            while e != NONE:
+                dist[self.g.edges[e].dst] += self.g.edges[e].count / (T + D)
+                e = self.g.edges[e].next
+        return dist
+
+    def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
+                 double min_confidence=0.0):
+        """Greedy continuation. The prompt's last tokens are re-read ("healed"): the longest prompt
+        suffix that a learned token extends, in the context before it, decides the first step, so
+        a prompt that ends inside a learned pattern continues that pattern. Returns (bytes, [conf])."""
+        cdef size_t n = prompt.shape[0]
+        cdef const uint8_t* p = &prompt[0] if n else NULL
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t m, v, best
+        cdef Py_ssize_t j, ntok
+        cdef double total, bp
+        cdef list starts = []
+        out = bytearray()
+        confidences = []
+        if self.g.port_root[<uint8_t>port] == NONE or max_bytes == 0:
+            return bytes(out), confidences
+        ids = self._parse(p, n, <uint8_t>port, starts)
+        ntok = len(ids)
+        healed = False
+        for j in range(ntok):
+            rest = bytes(prompt[starts[j]:])
+            if len(rest) > self.g.max_payload:
+                continue
+            self._trace_at(&tr, ids, j)
+            m = trace_contexts(&self.g, &tr, cis)
+            cand = {d: pr for d, pr in self._candidates(cis, m, <uint8_t>port).items()
+                    if d != STOP and self._payload(d).startswith(rest)}
+            if not cand:
+                continue
+            best, bp = min(cand.items(), key=lambda kv: (-kv[1], kv[0]))
+            total = sum(cand.values())
+            out += self._payload(best)[len(rest):]
+            confidences.append(bp / total)
+            trace_push(&tr, best, self.g.context_len)
+            healed = True
+            break
+        if not healed:
+            self._trace_at(&tr, ids, ntok)
+        seen = set()
+        while len(out) < max_bytes:
+            state = tuple(tr.ids[i] for i in range(tr.n))
+            if state in seen:
+                break                     # greedy decoding from a repeated state would loop forever
+            seen.add(state)
+            m = trace_contexts(&self.g, &tr, cis)
+            cand = self._candidates(cis, m, <uint8_t>port)
+            if not cand:
+                break
+            best, bp = min(cand.items(), key=lambda kv: (-kv[1], kv[0]))
+            if best == STOP or bp < min_confidence:
+                break
+            out += self._payload(best)
+            confidences.append(bp)
+            trace_push(&tr, best, self.g.context_len)
+        return bytes(out[:max_bytes]), confidences
+
+    # --- introspection -----------------------------------------------------------------------
+    def node_counts(self):
+        cdef cnp.ndarray[cnp.uint32_t, ndim=1] out = np.empty(self.g.n_nodes, dtype=np.uint32)
+        cdef uint32_t v
+        for v in range(self.g.n_nodes):
+            out[v] = self.g.nodes[v].count
+        return out
+
+    def node_payload(self, uint32_t v):
+        if v >= self.g.n_nodes:
+            raise IndexError(v)
+        return self._payload(v)
+
+    def stats(self):
+        cdef uint32_t v
+        levels = {}
+        for v in range(self.g.n_nodes):
+            if self.g.nodes[v].level > 0:
+                levels[self.g.nodes[v].level] = levels.get(self.g.nodes[v].level, 0) + 1
+        return dict(
+            nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
+            trie_states=self.g.n_trie, payload_bytes=self.g.n_arena,
+            hierarchy_nodes=sum(levels.values()), hierarchy_levels=dict(sorted(levels.items())),
+            memory_bytes=self.g.pool.used, peak_memory_bytes=self.g.pool.peak,
+            bytes_fed=self.g.bytes_fed, tokens_fed=self.g.tokens_fed, episodes=self.g.episodes,
+            formed=self.g.formed, pruned_nodes=self.g.pruned_nodes, pruned_edges=self.g.pruned_edges,
+            pruned_contexts=self.g.pruned_ctxs, prunes=self.g.prunes,
+            ports=sum(1 for i in range(256) if self.g.port_root[i] != NONE),
+        )
+
+    # --- test hooks --------------------------------------------------------------------------
+    def _set_fail_at(self, int64_t k):
+        """Make allocation attempt number k (counted from now, 1-based) fail; -1 disables."""
+        self.g.pool.fail_at = -1 if k < 0 else self.g.pool.n_allocs + k
+
+    @property
+    def _alloc_attempts(self):
+        return self.g.pool.n_allocs
+
+    # --- invariants --------------------------------------------------------------------------
+    def check(self):
+        cdef GraphC* g = &self.g
+        cdef uint32_t v, c, e, steps, s, state, j
+        cdef uint64_t total, counts = 0
+        cdef NodeC* nd
+        cdef NodeC* a
+        cdef NodeC* b
+        if g.pool.used != store_accounted(g):
+            raise InvariantError(f"pool accounts {g.pool.used} bytes, structures hold {store_accounted(g)}")
+        if g.pool.used > g.pool.cap:
+            raise InvariantError("memory above max_memory")
+        if g.n_nodes > g.cap_nodes or g.n_ctxs > g.cap_ctxs or g.n_edges > g.cap_edges \
+                or g.n_trie > g.cap_trie or g.n_arena > g.cap_arena:
+            raise InvariantError("a length exceeds its capacity")
+        if g.n_nodes > g.max_nodes or g.n_edges > g.max_edges:
+            raise InvariantError("a count cap is exceeded")
+        if g.n_nodes < N_BASE or g.nodes[STOP].payload_len != 0:
+            raise InvariantError("base nodes missing")
+        for v in range(256):
+            nd = &g.nodes[v]
+            if nd.payload_len != 1 or nd.port != 0 or g.arena[nd.payload_off] != v or nd.level != 0:
+                raise InvariantError(f"byte node {v} damaged")
+        for v in range(g.n_nodes):
+            nd = &g.nodes[v]
+            counts += nd.count
+            if <uint64_t>nd.payload_off + nd.payload_len > g.n_arena:
+                raise InvariantError(f"node {v} payload outside the arena")
+            if nd.payload_len > g.max_payload or nd.level > g.max_levels:
+                raise InvariantError(f"node {v} exceeds max_payload/max_levels")
+            if nd.poly != poly_bytes(g.arena + nd.payload_off, nd.payload_len) or \
+                    nd.key != node_key(nd.poly, nd.port, nd.payload_len):
+                raise InvariantError(f"node {v} key does not match its payload")
+            if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
+                raise InvariantError(f"node {v} not found by its key (or duplicated)")
+            if v == STOP:
+                continue
+            if nd.payload_len == 0:
+                raise InvariantError(f"node {v} has an empty payload")
+            if (nd.level == 0) != (nd.payload_len == 1):
+                raise InvariantError(f"node {v} level/length mismatch")
+            if nd.left != NONE:
+                if nd.left >= v or nd.right == NONE or nd.right >= v:
+                    raise InvariantError(f"node {v} components are not earlier nodes")
+                a = &g.nodes[nd.left]
+                b = &g.nodes[nd.right]
+                if a.payload_len + b.payload_len != nd.payload_len or \
+                        memcmp(g.arena + a.payload_off, g.arena + nd.payload_off, a.payload_len) or \
+                        memcmp(g.arena + b.payload_off, g.arena + nd.payload_off + a.payload_len,
+                               b.payload_len):
+                    raise InvariantError(f"node {v} payload is not left+right")
+            # the trie leads to it
+            state = g.port_root[nd.port]
+            if state == NONE:
+                raise InvariantError(f"port {nd.port} has nodes but no trie root")
+            for j in range(nd.payload_len):
+                state = trie_child(g, state, g.arena[nd.payload_off + j])
+                if state == NONE:
+                    raise InvariantError(f"trie path of node {v} broken")
+            if g.trie[state].node != v:
+                raise InvariantError(f"trie does not end at node {v}")
+        for j in range(256):
+            state = g.port_root[j]
+            if state == NONE:
+                continue
+            for s in range(256):
+                v = trie_child(g, state, s)
+                if v == NONE or g.trie[v].node == NONE or g.nodes[g.trie[v].node].payload_len != 1:
+                    raise InvariantError(f"port {j} lacks the byte node {s}")
+        if counts != g.total_count:
+            raise InvariantError("total_count differs from the node counts")
+        for s in range(g.n_trie):
+            if g.trie[s].node != NONE and g.trie[s].node >= g.n_nodes:
+                raise InvariantError(f"trie state {s} names a missing node")
+            if g.trie[s].parent != NONE and g.trie[s].parent >= s:
+                raise InvariantError(f"trie state {s} parent is not earlier")
+        steps = 0
+        for c in range(g.n_ctxs):
+            if ctx_find(g, g.ctxs[c].key) != c:
+                raise InvariantError(f"context {c} not found by its key (or duplicated)")
+            if g.ctxs[c].node >= g.n_nodes:
+                raise InvariantError(f"context {c} names a missing node")
+            total = 0
+            j = 0
+            e = g.ctxs[c].head
+            while e != NONE:
+                if e >= g.n_edges or g.edges[e].ctx != c:
+                    raise InvariantError(f"context {c} successor list is broken")
+                if g.edges[e].count == 0:
+                    raise InvariantError(f"edge {e} has a zero count")
+                total += g.edges[e].count
+                j += 1
+                steps += 1
+                if steps > g.n_edges:
+                    raise InvariantError("successor lists share edges or loop")
+                e = g.edges[e].next
+            if total != g.ctxs[c].total or j != g.ctxs[c].distinct:
+                raise InvariantError(f"context {c} totals disagree with its edges")
+        if steps != g.n_edges:
+            raise InvariantError("some edges are in no successor list")
+        for e in range(g.n_edges):
+            if g.edges[e].dst >= g.n_nodes or g.edges[e].ctx >= g.n_ctxs:
+                raise InvariantError(f"edge {e} names a missing node or context")
+            if edge_find(g, g.edges[e].ctx, g.edges[e].dst) != e:
+                raise InvariantError(f"edge {e} not found by (ctx, dst) (or duplicated)")
+        return True
+
+    # --- persistence support -------------------------------------------------------------------
+    def export_state(self):
+        """Arrays and counters that fully describe the graph (indexes and lists are derived)."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t v
+        nodes = np.zeros(g.n_nodes, dtype=NODE_DTYPE)
+        ctxs = np.zeros(g.n_ctxs, dtype=CTX_DTYPE)
+        edges = np.zeros(g.n_edges, dtype=EDGE_DTYPE)
+        cdef cnp.uint16_t[:] n_len = nodes["length"]
+        cdef cnp.uint8_t[:] n_level = nodes["level"]
+        cdef cnp.uint8_t[:] n_port = nodes["port"]
+        cdef cnp.uint32_t[:] n_left = nodes["left"]
+        cdef cnp.uint32_t[:] n_right = nodes["right"]
+        cdef cnp.uint32_t[:] n_count = nodes["count"]
+        for v in range(g.n_nodes):
+            n_len[v] = g.nodes[v].payload_len
+            n_level[v] = g.nodes[v].level
+            n_port[v] = g.nodes[v].port
+            n_left[v] = g.nodes[v].left
+            n_right[v] = g.nodes[v].right
+            n_count[v] = g.nodes[v].count
+        cdef cnp.uint64_t[:] c_key = ctxs["key"]
+        cdef cnp.uint32_t[:] c_node = ctxs["node"]
+        for v in range(g.n_ctxs):
+            c_key[v] = g.ctxs[v].key
+            c_node[v] = g.ctxs[v].node
+        cdef cnp.uint32_t[:] e_ctx = edges["ctx"]
+        cdef cnp.uint32_t[:] e_dst = edges["dst"]
+        cdef cnp.uint16_t[:] e_count = edges["count"]
+        cdef cnp.uint16_t[:] e_stamp = edges["stamp"]
+        for v in range(g.n_edges):
+            e_ctx[v] = g.edges[v].ctx
+            e_dst[v] = g.edges[v].dst
+            e_count[v] = g.edges[v].count
+            e_stamp[v] = g.edges[v].stamp
+        arena = bytes((<char*>g.arena)[:g.n_arena]) if g.n_arena else b""
+        counters = dict(bytes_fed=g.bytes_fed, tokens_fed=g.tokens_fed, episodes=g.episodes,
+                        formed=g.formed, pruned_nodes=g.pruned_nodes, pruned_edges=g.pruned_edges,
+                        pruned_contexts=g.pruned_ctxs, prunes=g.prunes,
+                        peak_memory_bytes=g.pool.peak)
+        capacities = dict(nodes=g.cap_nodes, contexts=g.cap_ctxs, edges=g.cap_edges,
+                          trie=g.cap_trie, arena=g.cap_arena, node_index=g.node_ix.capacity,
+                          context_index=g.ctx_ix.capacity, edge_index=g.edge_ix.capacity,
+                          trie_index=g.trie_ix.capacity)
+        return dict(nodes=nodes, arena=arena, contexts=ctxs, edges=edges, counters=counters,
+                    capacities=capacities)
+
+    def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, dict capacities):
+        """Fill an empty Core from export_state() arrays, validating every id, offset and count.
+        Raises CorruptBrainError (the Core stays empty and consistent) on any inconsistency."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t v, c, e, nn = len(nodes), nc = len(ctxs), ne = len(edges)
+        cdef uint64_t off = 0
+        cdef uint32_t need_trie = 1
+        if g.n_nodes != 0:
+            raise ValueError("import_state needs an empty Core")
+        if nn < N_BASE or nn > g.max_nodes or ne > g.max_edges:
+            raise CorruptBrainError(f"node/edge counts ({nn}, {ne}) outside the brain's limits")
+        lengths = np.asarray(nodes["length"], dtype=np.uint64)
+        if int(lengths.sum()) != len(arena):
+            raise CorruptBrainError("payload lengths do not add up to the arena size")
+        for name, n_items, item in (("nodes", nn, 0), ("contexts", nc, 0), ("edges", ne, 0),
+                                    ("trie", 0, 0), ("arena", len(arena), 0)):
+            cap = int(capacities.get(name, -1))
+            if cap < n_items or cap > 2 * n_items + 4096:
+                raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
+        for name in ("node_index", "context_index", "edge_index", "trie_index"):
+            cap = int(capacities.get(name, -1))
+            if cap < 64 or cap & (cap - 1) or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
+                raise CorruptBrainError(f"{name} capacity {cap} implausible")
+        try:
+            self._load_arrays(nodes, arena, ctxs, edges, capacities)
+        except MemoryError as exc:
+            store_free(g)
+            store_init(g)
+            raise CorruptBrainError(f"brain does not fit its own limits: {exc}") from None
+        except CorruptBrainError:
+            store_free(g)
+            store_init(g)
+            raise
+        g.bytes_fed = counters["bytes_fed"]
+        g.tokens_fed = counters["tokens_fed"]
+        g.episodes = counters["episodes"]
+        g.formed = counters["formed"]
+        g.pruned_nodes = counters["pruned_nodes"]
+        g.pruned_edges = counters["pruned_edges"]
+        g.pruned_ctxs = counters["pruned_contexts"]
+        g.prunes = counters["prunes"]
+        if counters["peak_memory_bytes"] > g.pool.peak:
+            g.pool.peak = counters["peak_memory_bytes"]
+        try:
+            self.check()
+        except InvariantError as exc:
+            store_free(g)
+            store_init(g)
+            raise CorruptBrainError(f"loaded brain is inconsistent: {exc}") from None
+
+    cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities):
+        cdef GraphC* g = &self.g
+        cdef uint32_t v, c, e, nn = len(nodes), nc = len(ctxs), ne = len(edges)
+        cdef uint32_t left, right, length
+        cdef uint64_t off = 0
+        cdef uint64_t caps[9]
+        cdef const uint8_t* ap = arena
+        cdef NodeC* nd
+        cdef cnp.uint16_t[:] n_len = np.ascontiguousarray(nodes["length"])
+        cdef cnp.uint8_t[:] n_level = np.ascontiguousarray(nodes["level"])
+        cdef cnp.uint8_t[:] n_port = np.ascontiguousarray(nodes["port"])
+        cdef cnp.uint32_t[:] n_left = np.ascontiguousarray(nodes["left"])
+        cdef cnp.uint32_t[:] n_right = np.ascontiguousarray(nodes["right"])
+        cdef cnp.uint32_t[:] n_count = np.ascontiguousarray(nodes["count"])
+        cdef cnp.uint64_t[:] c_key = np.ascontiguousarray(ctxs["key"])
+        cdef cnp.uint32_t[:] c_node = np.ascontiguousarray(ctxs["node"])
+        cdef cnp.uint32_t[:] e_ctx = np.ascontiguousarray(edges["ctx"])
+        cdef cnp.uint32_t[:] e_dst = np.ascontiguousarray(edges["dst"])
+        cdef cnp.uint16_t[:] e_count = np.ascontiguousarray(edges["count"])
+        cdef cnp.uint16_t[:] e_stamp = np.ascontiguousarray(edges["stamp"])
+        for i, name in enumerate(CAPACITY_NAMES):
+            caps[i] = int(capacities[name])
+        for i, n_items in ((5, nn), (6, nc), (7, ne)):
+            if caps[i] * 7 < <uint64_t>n_items * 10:
+                raise CorruptBrainError(f"{CAPACITY_NAMES[i]} too small for {n_items} items")
+        # Allocate exactly the saved capacities (validated), so memory_bytes round-trips.
+        if store_alloc_exact(g, caps) < 0:
+            self._raise("loading")
+        if nn:
+            memcpy(g.arena, ap, len(arena))
+        g.n_arena = len(arena)
+        for v in range(nn):
+            nd = &g.nodes[v]
+            length = n_len[v]
+            left = n_left[v]
+            right = n_right[v]
+            if length > g.max_payload or n_level[v] > g.max_levels:
+                raise CorruptBrainError(f"node {v} exceeds the brain's max_payload/max_levels")
+            if (left == NONE) != (right == NONE) or (left != NONE and (left >= v or right >= v)):
+                raise CorruptBrainError(f"node {v} has invalid components")
+            nd.payload_off = <uint32_t>off
+            nd.payload_len = length
+            nd.level = n_level[v]
+            nd.port = n_port[v]
+            nd.left = left
+            nd.right = right
+            nd.count = n_count[v]
+            nd.aux = 0
+            nd.poly = poly_bytes(g.arena + off, length)
+            nd.key = node_key(nd.poly, nd.port, length)
+            g.total_count += nd.count
+            off += length
+            g.n_nodes = v + 1
+        for c in range(nc):
+            if c_node[c] >= nn:
+                raise CorruptBrainError(f"context {c} names node {c_node[c]} of {nn}")
+            g.ctxs[c].key = c_key[c]
+            g.ctxs[c].node = c_node[c]
+            g.n_ctxs = c + 1
+        for e in range(ne):
+            if e_ctx[e] >= nc or e_dst[e] >= nn or e_count[e] == 0:
+                raise CorruptBrainError(f"edge {e} is invalid")
+            g.edges[e].ctx = e_ctx[e]
+            g.edges[e].dst = e_dst[e]
+            g.edges[e].count = e_count[e]
+            g.edges[e].stamp = e_stamp[e]
+            g.n_edges = e + 1
+        rebuild_edge_lists(g)
+        rebuild_index(g, 0)
+        rebuild_index(g, 1)
+        rebuild_index(g, 2)
+        for v in range(nn):
+            length = g.nodes[v].payload_len
+            if g.n_trie + length + 1 > g.cap_trie or \
+                    (g.trie_ix.filled + length + 1) * 10 > g.trie_ix.capacity * 7:
+                raise CorruptBrainError("trie capacity too small for the payloads")
+            trie_insert_node(g, v)

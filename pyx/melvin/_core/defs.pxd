@@ -1,0 +1,114 @@
+# Shared C types, constants and hash functions of the melvin core (declaration-only, inlined everywhere).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+cdef extern from *:
+    """
+    #define MELVIN_NONE 0xFFFFFFFFu
+    #define MELVIN_MAX_CONTEXT 32
+    #define MELVIN_STOP 256u
+    #define MELVIN_N_BASE 257u
+    """
+    const uint32_t NONE "MELVIN_NONE"            # "no id" sentinel for every id space
+    const int MAX_CONTEXT "MELVIN_MAX_CONTEXT"   # upper bound of Limits.context_len
+    const uint32_t STOP "MELVIN_STOP"            # node id of the end-of-episode node
+    const uint32_t N_BASE "MELVIN_N_BASE"        # 256 text byte nodes + STOP exist from the start
+
+
+# A pattern: payload bytes live in the arena; ids are dense indices into GraphC.nodes.
+cdef struct NodeC:
+    uint64_t poly          # polynomial hash of the payload (composable: poly(a+b) from poly(a), poly(b))
+    uint64_t key           # stable 64-bit identity of (port, payload); contexts are keyed by it
+    uint32_t payload_off
+    uint16_t payload_len
+    uint8_t level          # 0: a single byte (or STOP); n: formed from two nodes of level < n
+    uint8_t port
+    uint32_t left          # components of a hierarchy node (NONE for bytes, or once pruned)
+    uint32_t right
+    uint32_t count         # times emitted as a token (aged by pruning)
+    uint32_t aux           # scratch for rebuilds (new id during pruning); meaningless otherwise
+
+
+# A context: the last k tokens, hashed. Its successors are a singly linked list of edges.
+cdef struct CtxC:
+    uint64_t key
+    uint32_t head          # first edge of the successor list (NONE if empty)
+    uint32_t total         # sum of the successor counts
+    uint32_t distinct      # number of successors
+    uint32_t node          # most recent token of the context (pruning drops contexts of dropped nodes)
+
+
+# A Hebbian edge: context -> next token.
+cdef struct EdgeC:
+    uint32_t ctx
+    uint32_t dst
+    uint32_t next          # next edge of the same context (NONE ends the list)
+    uint16_t count
+    uint16_t stamp         # coarse time of last use (tokens learned >> 16)
+
+
+# A payload-trie state; children are found through the trie index keyed by (state, byte).
+cdef struct TrieC:
+    uint32_t parent
+    uint32_t node          # node whose payload ends here (NONE if none)
+    uint32_t byte
+
+
+# Open-addressing index of dense-array positions. Slots hold position+1 (0 = empty); keys live in the
+# dense arrays, so a slot costs 4 bytes. Power-of-two capacity, linear probing, no deletions: removal
+# happens only by rebuilding.
+cdef struct IndexC:
+    uint32_t* slots
+    uint64_t capacity
+    uint64_t filled
+
+
+cdef inline uint64_t fmix64(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= <uint64_t>0xff51afd7ed558ccdULL
+    k ^= k >> 33
+    k *= <uint64_t>0xc4ceb9fe1a85ec53ULL
+    k ^= k >> 33
+    return k
+
+
+cdef inline uint64_t POLY_BASE() noexcept nogil:
+    return <uint64_t>0x100000001b3ULL
+
+
+cdef inline uint64_t poly_pow(uint32_t n) noexcept nogil:
+    cdef uint64_t result = 1
+    cdef uint64_t b = POLY_BASE()
+    while n:
+        if n & 1:
+            result *= b
+        b *= b
+        n >>= 1
+    return result
+
+
+cdef inline uint64_t poly_bytes(const uint8_t* data, size_t n) noexcept nogil:
+    cdef uint64_t h = 0
+    cdef size_t i
+    for i in range(n):
+        h = h * POLY_BASE() + <uint64_t>data[i] + 1
+    return h
+
+
+cdef inline uint64_t node_key(uint64_t poly, uint8_t port, uint32_t length) noexcept nogil:
+    return fmix64(poly ^ fmix64((<uint64_t>port << 32) + length + <uint64_t>0x9e3779b97f4a7c15ULL))
+
+
+cdef inline uint64_t ctx_key_first(uint64_t token_key) noexcept nogil:
+    return fmix64(token_key ^ <uint64_t>0x2545f4914f6cdd1dULL)
+
+
+cdef inline uint64_t ctx_key_extend(uint64_t shorter, uint64_t token_key) noexcept nogil:
+    return fmix64(shorter * POLY_BASE() ^ token_key)
+
+
+cdef inline uint64_t edge_hash(uint32_t ctx, uint32_t dst) noexcept nogil:
+    return fmix64((<uint64_t>ctx << 32) | dst)
+
+
+cdef inline uint64_t trie_hash(uint32_t state, uint32_t byte) noexcept nogil:
+    return fmix64(((<uint64_t>state << 8) | byte) ^ <uint64_t>0x6a09e667f3bcc909ULL)

@@ -1,0 +1,25 @@
+# Learning, prediction and pruning over the store. All functions are nogil and report failure by
+# returning -1 with g.pool.err set; the graph is consistent at every failure point.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from melvin._core.defs cimport *
+from melvin._core.store cimport GraphC
+
+
+# The context trace: the last context_len tokens of the current episode, most recent first.
+cdef struct TraceC:
+    uint32_t ids[MAX_CONTEXT]
+    uint32_t n
+    uint32_t pending               # token being learned; protected and remapped by pruning
+
+
+cdef void trace_reset(TraceC* t) noexcept nogil
+cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil
+# Context index of every order (NONE where unseen); returns the number of orders.
+cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil
+
+cdef int graph_init(GraphC* g) noexcept nogil
+cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
+cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
+cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil
+cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
+cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil

@@ -1,0 +1,370 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+from libc.string cimport memcpy, memmove, memcmp
+from libc.math cimport log2
+from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
+from melvin._core.store cimport (reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+                                 append_ctx, append_edge, trie_insert_node, rebuild_indexes,
+                                 rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest)
+
+# Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
+cdef double PRUNE_SHARE = 0.7
+
+
+cdef void trace_reset(TraceC* t) noexcept nogil:
+    # Every episode starts in the STOP context: what follows STOP is what starts episodes.
+    t.ids[0] = STOP
+    t.n = 1
+    t.pending = NONE
+
+
+cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
+    cdef uint32_t i
+    cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
+    i = n - 1
+    while i > 0:
+        t.ids[i] = t.ids[i - 1]
+        i -= 1
+    t.ids[0] = v
+    t.n = n
+
+
+cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept nogil:
+    cdef uint32_t k
+    keys[0] = ctx_key_first(g.nodes[t.ids[0]].key)
+    for k in range(1, t.n):
+        keys[k] = ctx_key_extend(keys[k - 1], g.nodes[t.ids[k]].key)
+    return t.n
+
+
+cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil:
+    cdef uint64_t keys[MAX_CONTEXT]
+    cdef uint32_t k, n = trace_keys(g, t, keys)
+    for k in range(n):
+        cis[k] = ctx_find(g, keys[k])
+    return n
+
+
+cdef int add_port(GraphC* g, uint8_t port) noexcept nogil:
+    """Create the 256 single-byte nodes of a port (all at once, so every byte of a port has a node)."""
+    cdef uint32_t b, v
+    cdef uint8_t byte
+    if g.port_root[port] != NONE:
+        return 0
+    if reserve_nodes(g, 256, 256) < 0 or reserve_trie(g, 257) < 0:
+        return -1
+    for b in range(256):
+        byte = <uint8_t>b
+        v = append_node(g, &byte, 1, port, 0, NONE, NONE)
+        trie_insert_node(g, v)
+    return 0
+
+
+cdef int graph_init(GraphC* g) noexcept nogil:
+    cdef uint32_t v
+    if add_port(g, 0) < 0:
+        return -1
+    if reserve_nodes(g, 1, 0) < 0:
+        return -1
+    v = append_node(g, NULL, 0, 0, 0, NONE, NONE)      # STOP
+    return 0
+
+
+cdef void _rescale_ctx(GraphC* g, uint32_t ci) noexcept nogil:
+    """Halve one context's counts (kept >= 1) when a counter would overflow: PPM's rescaling."""
+    cdef uint32_t e = g.ctxs[ci].head
+    cdef uint32_t total = 0
+    while e != NONE:
+        g.edges[e].count = <uint16_t>((g.edges[e].count + 1) >> 1)
+        total += g.edges[e].count
+        e = g.edges[e].next
+    g.ctxs[ci].total = total
+
+
+cdef int _count(GraphC* g, uint64_t key, uint32_t recent, uint32_t v, uint32_t* ci_out,
+                uint32_t* ei_out) noexcept nogil:
+    cdef uint32_t ci = ctx_find(g, key)
+    cdef uint32_t ei
+    if ci == NONE:
+        if reserve_ctxs(g, 1) < 0:
+            return -1
+        ci = append_ctx(g, key, recent)
+    ei = edge_find(g, ci, v)
+    if ei == NONE:
+        if reserve_edges(g, 1) < 0:
+            return -1
+        ei = append_edge(g, ci, v)
+    if g.edges[ei].count == 0xFFFF or g.ctxs[ci].total >= 0x7FFFFFFF:
+        _rescale_ctx(g, ci)
+    g.edges[ei].count += 1
+    g.edges[ei].stamp = <uint16_t>(g.tokens_fed >> 16)
+    g.ctxs[ci].total += 1
+    ci_out[0] = ci
+    ei_out[0] = ei
+    return 0
+
+
+cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
+    cdef uint64_t mask = g.node_ix.capacity - 1
+    cdef uint64_t i = key & mask
+    cdef uint32_t s
+    cdef NodeC* n
+    cdef NodeC* na = &g.nodes[a]
+    cdef NodeC* nb = &g.nodes[b]
+    while True:
+        s = g.node_ix.slots[i]
+        if s == 0:
+            return NONE
+        n = &g.nodes[s - 1]
+        if n.key == key and n.port == na.port and n.payload_len == na.payload_len + nb.payload_len \
+                and memcmp(g.arena + n.payload_off, g.arena + na.payload_off, na.payload_len) == 0 \
+                and memcmp(g.arena + n.payload_off + na.payload_len, g.arena + nb.payload_off,
+                           nb.payload_len) == 0:
+            return s - 1
+        i = (i + 1) & mask
+
+
+cdef void _maybe_form(GraphC* g, uint32_t a, uint32_t b, uint32_t ci, uint32_t ei) noexcept nogil:
+    """Online BPE: fuse a+b when a->b is strong relative to a's other successors."""
+    cdef uint32_t c, la, lb, length, v
+    cdef uint8_t level, port
+    cdef uint64_t poly, key
+    if a == STOP or b == STOP:
+        return
+    c = g.edges[ei].count
+    if c < g.form_min_count or <uint64_t>c * g.ctxs[ci].distinct < g.ctxs[ci].total:
+        return
+    if g.nodes[a].port != g.nodes[b].port:
+        return
+    la = g.nodes[a].payload_len
+    lb = g.nodes[b].payload_len
+    length = la + lb
+    level = (g.nodes[a].level if g.nodes[a].level > g.nodes[b].level else g.nodes[b].level) + 1
+    if length > g.max_payload or level > g.max_levels or g.n_nodes >= g.max_nodes:
+        return
+    port = g.nodes[a].port
+    poly = g.nodes[a].poly * poly_pow(lb) + g.nodes[b].poly
+    key = node_key(poly, port, length)
+    if _find_concat(g, key, a, b) != NONE:
+        return
+    if reserve_nodes(g, 1, length) < 0 or reserve_trie(g, length + 1) < 0:
+        g.pool.err = ERR_NONE          # formation is optional: under a cap, keep the shorter tokens
+        return
+    # The arena may have moved in reserve: read the offsets only now.
+    memcpy(g.arena + g.n_arena, g.arena + g.nodes[a].payload_off, la)
+    memcpy(g.arena + g.n_arena + la, g.arena + g.nodes[b].payload_off, lb)
+    v = append_node(g, g.arena + g.n_arena, length, port, level, a, b)
+    trie_insert_node(g, v)
+    g.formed += 1
+
+
+cdef int _auto_prune(GraphC* g, TraceC* tr) noexcept nogil:
+    cdef int err = g.pool.err
+    cdef size_t target_bytes = g.pool.cap
+    cdef uint64_t target_edges = g.max_edges
+    if err == ERR_CAP:
+        target_bytes = <size_t>(g.pool.cap * PRUNE_SHARE)
+    elif err == ERR_LIMIT:
+        target_edges = <uint64_t>(g.max_edges * PRUNE_SHARE)
+    else:
+        return -1
+    prune_to(g, target_bytes, target_edges, tr)
+    g.pool.err = err
+    return 0
+
+
+cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
+    cdef uint64_t keys[MAX_CONTEXT]
+    cdef uint32_t n, k, ci, ei
+    cdef bint existed, prev_existed = True, pruned = False
+    tr.pending = v
+    n = trace_keys(g, tr, keys)
+    k = 0
+    while k < n:
+        # An order-k context is created only once its order-(k-1) suffix has been seen before:
+        # most long contexts occur once, and this keeps them from dominating memory.
+        if k >= 1 and not prev_existed:
+            break
+        existed = ctx_find(g, keys[k]) != NONE
+        if _count(g, keys[k], tr.ids[0], tr.pending, &ci, &ei) < 0:
+            if pruned or _auto_prune(g, tr) < 0:
+                return -1
+            pruned = True
+            continue                      # keys are stable across pruning; ids were remapped
+        if k == 0:
+            _maybe_form(g, tr.ids[0], tr.pending, ci, ei)
+        prev_existed = existed
+        k += 1
+    v = tr.pending
+    if g.nodes[v].count >= 0xFFFFFFF0u:
+        for k in range(g.n_nodes):
+            g.nodes[k].count >>= 1
+        g.total_count = 0
+        for k in range(g.n_nodes):
+            g.total_count += g.nodes[k].count
+    g.nodes[v].count += 1
+    g.total_count += 1
+    g.tokens_fed += 1
+    tr.pending = NONE
+    trace_push(tr, v, g.context_len)
+    return 0
+
+
+cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
+    cdef TraceC tr
+    cdef size_t pos = 0
+    cdef uint32_t v, length
+    if g.port_root[port] == NONE and add_port(g, port) < 0:
+        return -1
+    trace_reset(&tr)
+    while pos < n:
+        v = match_longest(g, port, data + pos, n - pos, &length)
+        if _learn(g, &tr, v) < 0:
+            return -1
+        pos += length
+        g.bytes_fed += length
+    if _learn(g, &tr, STOP) < 0:
+        return -1
+    g.episodes += 1
+    return 0
+
+
+cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil:
+    """Interpolated Witten-Bell: order 0 with a +1 floor for every node, then each longer context
+    mixes in its own counts: p_k = (c_k(v) + D_k p_{k-1}) / (T_k + D_k). Sums to 1 over all nodes."""
+    cdef double p = (g.nodes[v].count + 1.0) / (<double>g.total_count + g.n_nodes)
+    cdef uint32_t k, ci, ei, c
+    cdef CtxC* x
+    for k in range(n):
+        ci = cis[k]
+        if ci == NONE:
+            continue
+        x = &g.ctxs[ci]
+        if x.total == 0:
+            continue
+        ei = edge_find(g, ci, v)
+        c = g.edges[ei].count if ei != NONE else 0
+        p = (c + x.distinct * p) / (<double>x.total + x.distinct)
+    return p
+
+
+cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
+    """Code length in bits of one episode (its tokens, then STOP) under the frozen model."""
+    cdef TraceC tr
+    cdef uint32_t cis[MAX_CONTEXT]
+    cdef uint32_t m, v, length
+    cdef size_t pos = 0
+    cdef double bits = 0.0
+    if g.port_root[port] == NONE:
+        return 8.0 * n                    # an unseen port: every byte costs a uniform 8 bits
+    trace_reset(&tr)
+    while pos < n:
+        v = match_longest(g, port, data + pos, n - pos, &length)
+        m = trace_contexts(g, &tr, cis)
+        bits -= log2(prob_of(g, cis, m, v))
+        trace_push(&tr, v, g.context_len)
+        pos += length
+    m = trace_contexts(g, &tr, cis)
+    bits -= log2(prob_of(g, cis, m, STOP))
+    return bits
+
+
+cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
+    """Age everything once (halve counts) and drop what reaches zero, compacting in place.
+    Allocation-free apart from optional shrinking, so it works at the very edge of the budget.
+    Returns the number of items removed."""
+    cdef uint32_t v, w, c, e, i, nn = 0, nc = 0, ne = 0, arena = 0
+    cdef uint32_t old_nodes = g.n_nodes, old_ctxs = g.n_ctxs, old_edges = g.n_edges
+    cdef NodeC* nd
+    cdef EdgeC* ed
+    # 1. nodes: halve counts; hierarchy nodes that reach zero go, unless the trace holds them.
+    for v in range(g.n_nodes):
+        g.nodes[v].aux = 0
+    if protect != NULL:
+        for i in range(protect.n):
+            g.nodes[protect.ids[i]].aux = 1
+        if protect.pending != NONE:
+            g.nodes[protect.pending].aux = 1
+    for v in range(g.n_nodes):
+        nd = &g.nodes[v]
+        nd.count >>= 1
+        if nd.level > 0 and nd.count == 0 and nd.aux == 0:
+            nd.aux = NONE
+        else:
+            nd.aux = nn
+            nn += 1
+    # 2. contexts keep `distinct` as a survivor counter, then `head` as their new index.
+    for c in range(g.n_ctxs):
+        g.ctxs[c].distinct = 0
+    for e in range(g.n_edges):
+        ed = &g.edges[e]
+        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE and g.nodes[g.ctxs[ed.ctx].node].aux != NONE:
+            g.ctxs[ed.ctx].distinct += 1
+    for c in range(g.n_ctxs):
+        if g.ctxs[c].distinct:
+            g.ctxs[c].head = nc
+            nc += 1
+        else:
+            g.ctxs[c].head = NONE
+    # 3. edges, compacted forward with remapped ends.
+    for e in range(g.n_edges):
+        ed = &g.edges[e]
+        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE and g.ctxs[ed.ctx].head != NONE:
+            g.edges[ne].ctx = g.ctxs[ed.ctx].head
+            g.edges[ne].dst = g.nodes[ed.dst].aux
+            g.edges[ne].count = ed.count >> 1
+            g.edges[ne].stamp = ed.stamp
+            ne += 1
+    # 4. contexts, compacted.
+    for c in range(g.n_ctxs):
+        w = g.ctxs[c].head
+        if w != NONE:
+            g.ctxs[w].key = g.ctxs[c].key
+            g.ctxs[w].node = g.nodes[g.ctxs[c].node].aux
+    # 5. nodes and their payloads, compacted (payload offsets grow with ids, so moves go forward).
+    if protect != NULL:
+        for i in range(protect.n):
+            protect.ids[i] = g.nodes[protect.ids[i]].aux
+        if protect.pending != NONE:
+            protect.pending = g.nodes[protect.pending].aux
+    for v in range(g.n_nodes):
+        nd = &g.nodes[v]
+        if nd.left != NONE:
+            nd.left = g.nodes[nd.left].aux
+        if nd.right != NONE:
+            nd.right = g.nodes[nd.right].aux
+    for v in range(g.n_nodes):
+        w = g.nodes[v].aux
+        if w == NONE:
+            continue
+        memmove(g.arena + arena, g.arena + g.nodes[v].payload_off, g.nodes[v].payload_len)
+        if w != v:
+            g.nodes[w] = g.nodes[v]
+        g.nodes[w].payload_off = arena
+        g.nodes[w].aux = 0
+        arena += g.nodes[w].payload_len
+    g.n_nodes = nn
+    g.n_ctxs = nc
+    g.n_edges = ne
+    g.n_arena = arena
+    g.total_count = 0
+    for v in range(nn):
+        g.total_count += g.nodes[v].count
+    rebuild_edge_lists(g)
+    rebuild_indexes(g)
+    shrink_to_fit(g)
+    g.pruned_nodes += old_nodes - nn
+    g.pruned_ctxs += old_ctxs - nc
+    g.pruned_edges += old_edges - ne
+    return (old_nodes - nn) + (old_ctxs - nc) + (old_edges - ne)
+
+
+cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil:
+    """Age and drop structure until memory <= target_bytes and edges <= target_edges, or nothing
+    more can go. Returns the number of aging rounds."""
+    cdef int rounds = 0
+    g.prunes += 1
+    while g.pool.used > target_bytes or g.n_edges > target_edges:
+        rounds += 1
+        if _prune_round(g, protect) == 0 or rounds >= 40:
+            break
+    return rounds

@@ -1,0 +1,170 @@
+# The graph's storage: dense arrays of nodes, contexts, edges and trie states, their indexes, and the
+# payload arena; all owned by GraphC.pool. Lookups are inline and cannot fail; growth can (returns -1
+# with pool.err set) and commits only after the new block exists.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcmp
+from melvin._core.defs cimport *
+from melvin._core.mem cimport PoolC
+
+
+cdef struct GraphC:
+    PoolC pool
+    NodeC* nodes
+    CtxC* ctxs
+    EdgeC* edges
+    TrieC* trie
+    uint8_t* arena
+    uint32_t n_nodes, cap_nodes
+    uint32_t n_ctxs, cap_ctxs
+    uint32_t n_edges, cap_edges
+    uint32_t n_trie, cap_trie
+    uint32_t n_arena, cap_arena
+    IndexC node_ix
+    IndexC ctx_ix
+    IndexC edge_ix
+    IndexC trie_ix
+    uint32_t port_root[256]        # trie root state of each port (NONE until the port is used)
+    # limits
+    uint32_t max_nodes
+    uint32_t max_edges
+    uint32_t max_payload
+    uint32_t max_levels
+    uint32_t context_len
+    uint32_t form_min_count
+    # counters
+    uint64_t total_count           # sum of node counts (order-0 normaliser)
+    uint64_t bytes_fed
+    uint64_t tokens_fed
+    uint64_t episodes
+    uint64_t formed
+    uint64_t pruned_nodes
+    uint64_t pruned_edges
+    uint64_t pruned_ctxs
+    uint64_t prunes
+
+
+cdef int store_init(GraphC* g) noexcept nogil
+cdef void store_free(GraphC* g) noexcept nogil
+cdef size_t store_accounted(GraphC* g) noexcept nogil
+
+# Ensure room for `extra` more items (array and index). -1 with g.pool.err on failure.
+cdef int reserve_nodes(GraphC* g, uint32_t extra, uint32_t payload_bytes) noexcept nogil
+cdef int reserve_ctxs(GraphC* g, uint32_t extra) noexcept nogil
+cdef int reserve_edges(GraphC* g, uint32_t extra) noexcept nogil
+cdef int reserve_trie(GraphC* g, uint32_t extra) noexcept nogil
+
+# Appends; the caller reserved room first, so these cannot fail.
+cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, uint8_t port,
+                          uint8_t level, uint32_t left, uint32_t right) noexcept nogil
+cdef uint32_t append_ctx(GraphC* g, uint64_t key, uint32_t node) noexcept nogil
+cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil
+# Walks/extends the trie along the node's payload; needs reserve_trie(len + 1) first.
+cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil
+
+# Allocate empty arrays and indexes of exactly these capacities (nodes, contexts, edges, trie, arena,
+# node/context/edge/trie index); all or nothing. For loading.
+cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil
+# Refill one index (0 nodes, 1 contexts, 2 edges) from its dense array, in place.
+cdef void rebuild_index(GraphC* g, int kind) noexcept nogil
+# Rebuild every index and the trie from the dense arrays, in place (no allocation).
+cdef void rebuild_indexes(GraphC* g) noexcept nogil
+cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
+# Give back unused capacity (best effort; never fails).
+cdef void shrink_to_fit(GraphC* g) noexcept nogil
+
+
+cdef inline uint32_t ix_value(uint32_t slot) noexcept nogil:
+    return slot - 1
+
+
+cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, uint32_t length,
+                               uint8_t port) noexcept nogil:
+    cdef uint64_t mask = g.node_ix.capacity - 1
+    if g.node_ix.capacity == 0:
+        return NONE
+    cdef uint64_t i = key & mask
+    cdef uint32_t s, v
+    cdef NodeC* n
+    while True:
+        s = g.node_ix.slots[i]
+        if s == 0:
+            return NONE
+        v = s - 1
+        n = &g.nodes[v]
+        if n.key == key and n.port == port and n.payload_len == length and \
+                memcmp(g.arena + n.payload_off, payload, length) == 0:
+            return v
+        i = (i + 1) & mask
+
+
+cdef inline uint32_t ctx_find(GraphC* g, uint64_t key) noexcept nogil:
+    cdef uint64_t mask = g.ctx_ix.capacity - 1
+    if g.ctx_ix.capacity == 0:
+        return NONE
+    cdef uint64_t i = key & mask
+    cdef uint32_t s
+    while True:
+        s = g.ctx_ix.slots[i]
+        if s == 0:
+            return NONE
+        if g.ctxs[s - 1].key == key:
+            return s - 1
+        i = (i + 1) & mask
+
+
+cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
+    cdef uint64_t mask = g.edge_ix.capacity - 1
+    if g.edge_ix.capacity == 0:
+        return NONE
+    cdef uint64_t i = edge_hash(ctx, dst) & mask
+    cdef uint32_t s
+    cdef EdgeC* e
+    while True:
+        s = g.edge_ix.slots[i]
+        if s == 0:
+            return NONE
+        e = &g.edges[s - 1]
+        if e.ctx == ctx and e.dst == dst:
+            return s - 1
+        i = (i + 1) & mask
+
+
+cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint32_t byte) noexcept nogil:
+    cdef uint64_t mask = g.trie_ix.capacity - 1
+    if g.trie_ix.capacity == 0:
+        return NONE
+    cdef uint64_t i = trie_hash(state, byte) & mask
+    cdef uint32_t s
+    cdef TrieC* t
+    while True:
+        s = g.trie_ix.slots[i]
+        if s == 0:
+            return NONE
+        t = &g.trie[s - 1]
+        if t.parent == state and t.byte == byte:
+            return s - 1
+        i = (i + 1) & mask
+
+
+# Greedy longest match of data[0:n] on a port: the longest node payload that prefixes the data.
+# Returns NONE if the port has no node for data[0].
+cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data, size_t n,
+                                   uint32_t* length) noexcept nogil:
+    cdef uint32_t state = g.port_root[port]
+    cdef uint32_t best = NONE
+    cdef size_t j
+    cdef size_t limit = n if n < g.max_payload else g.max_payload
+    length[0] = 0
+    if state == NONE:
+        return NONE
+    for j in range(limit):
+        if state == 0 and port == 0:
+            state = 1 + data[j]          # text-port bytes: states 1..256 are laid out at init
+        else:
+            state = trie_child(g, state, data[j])
+            if state == NONE:
+                break
+        if g.trie[state].node != NONE:
+            best = g.trie[state].node
+            length[0] = <uint32_t>(j + 1)
+    return best

@@ -1,0 +1,340 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+from libc.string cimport memcpy, memset, memmove
+from melvin._core.mem cimport pool_alloc, pool_resize, pool_free, ERR_LIMIT, ERR_CAP
+
+
+cdef int store_init(GraphC* g) noexcept nogil:
+    cdef uint32_t i
+    for i in range(256):
+        g.port_root[i] = NONE
+    return 0
+
+
+cdef void store_free(GraphC* g) noexcept nogil:
+    pool_free(&g.pool, g.nodes, g.cap_nodes, sizeof(NodeC))
+    pool_free(&g.pool, g.ctxs, g.cap_ctxs, sizeof(CtxC))
+    pool_free(&g.pool, g.edges, g.cap_edges, sizeof(EdgeC))
+    pool_free(&g.pool, g.trie, g.cap_trie, sizeof(TrieC))
+    pool_free(&g.pool, g.arena, g.cap_arena, 1)
+    pool_free(&g.pool, g.node_ix.slots, g.node_ix.capacity, sizeof(uint32_t))
+    pool_free(&g.pool, g.ctx_ix.slots, g.ctx_ix.capacity, sizeof(uint32_t))
+    pool_free(&g.pool, g.edge_ix.slots, g.edge_ix.capacity, sizeof(uint32_t))
+    pool_free(&g.pool, g.trie_ix.slots, g.trie_ix.capacity, sizeof(uint32_t))
+    g.nodes = NULL; g.ctxs = NULL; g.edges = NULL; g.trie = NULL; g.arena = NULL
+    g.node_ix.slots = NULL; g.ctx_ix.slots = NULL; g.edge_ix.slots = NULL; g.trie_ix.slots = NULL
+    g.cap_nodes = g.cap_ctxs = g.cap_edges = g.cap_trie = g.cap_arena = 0
+    g.n_nodes = g.n_ctxs = g.n_edges = g.n_trie = g.n_arena = 0
+    g.node_ix.capacity = g.ctx_ix.capacity = g.edge_ix.capacity = g.trie_ix.capacity = 0
+    g.node_ix.filled = g.ctx_ix.filled = g.edge_ix.filled = g.trie_ix.filled = 0
+
+
+cdef size_t store_accounted(GraphC* g) noexcept nogil:
+    """What the pool should hold, recomputed from the capacities (check() compares)."""
+    return (<size_t>g.cap_nodes * sizeof(NodeC) + <size_t>g.cap_ctxs * sizeof(CtxC)
+            + <size_t>g.cap_edges * sizeof(EdgeC) + <size_t>g.cap_trie * sizeof(TrieC)
+            + <size_t>g.cap_arena
+            + (g.node_ix.capacity + g.ctx_ix.capacity + g.edge_ix.capacity + g.trie_ix.capacity)
+            * sizeof(uint32_t))
+
+
+cdef int _grow(GraphC* g, void** ptr, uint32_t* capacity, uint64_t need, size_t itemsize,
+               uint64_t hard_max) noexcept nogil:
+    """Grow a dense array to hold `need` items: 1.5x, or as much as the budget still allows."""
+    cdef uint64_t new_cap, fit
+    if need <= capacity[0]:
+        return 0
+    if need > hard_max:
+        g.pool.err = ERR_LIMIT
+        return -1
+    new_cap = <uint64_t>capacity[0] + capacity[0] // 2
+    if new_cap < need:
+        new_cap = need
+    if new_cap < 64:
+        new_cap = 64
+    if new_cap > hard_max:
+        new_cap = hard_max
+    if pool_resize(&g.pool, ptr, capacity[0], new_cap, itemsize) == 0:
+        capacity[0] = <uint32_t>new_cap
+        return 0
+    if g.pool.err == ERR_CAP and g.pool.used <= g.pool.cap:
+        fit = capacity[0] + (g.pool.cap - g.pool.used) // itemsize
+        if fit >= need and fit < new_cap:
+            if pool_resize(&g.pool, ptr, capacity[0], fit, itemsize) == 0:
+                capacity[0] = <uint32_t>fit
+                return 0
+    return -1
+
+
+cdef inline uint64_t _ix_hash(GraphC* g, int kind, uint32_t v) noexcept nogil:
+    if kind == 0:
+        return g.nodes[v].key
+    if kind == 1:
+        return g.ctxs[v].key
+    if kind == 2:
+        return edge_hash(g.edges[v].ctx, g.edges[v].dst)
+    return trie_hash(g.trie[v].parent, g.trie[v].byte)
+
+
+cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
+    cdef uint64_t mask = ix.capacity - 1
+    cdef uint64_t i = h & mask
+    while ix.slots[i] != 0:
+        i = (i + 1) & mask
+    ix.slots[i] = v + 1
+    ix.filled += 1
+
+
+cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
+    cdef uint32_t v
+    memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
+    ix.filled = 0
+    for v in range(n):
+        if kind == 3 and g.trie[v].parent == NONE:
+            continue                      # roots are not children of anything
+        _ix_put(ix, _ix_hash(g, kind, v), v)
+
+
+cdef uint64_t _ix_capacity_for(uint64_t n) noexcept nogil:
+    cdef uint64_t c = 64
+    while c * 7 < n * 10 + 10:           # keep the load factor at or below 0.7
+        c *= 2
+    return c
+
+
+cdef int _ix_reserve(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t need) noexcept nogil:
+    cdef uint64_t new_cap
+    cdef uint32_t* fresh
+    if ix.capacity != 0 and need * 10 <= ix.capacity * 7:
+        return 0
+    new_cap = _ix_capacity_for(need)
+    if new_cap < ix.capacity * 2:
+        new_cap = ix.capacity * 2
+    fresh = <uint32_t*>pool_alloc(&g.pool, new_cap, sizeof(uint32_t))
+    if fresh == NULL:
+        return -1
+    pool_free(&g.pool, ix.slots, ix.capacity, sizeof(uint32_t))
+    ix.slots = fresh
+    ix.capacity = new_cap
+    _ix_fill(g, ix, kind, n)
+    return 0
+
+
+cdef int reserve_nodes(GraphC* g, uint32_t extra, uint32_t payload_bytes) noexcept nogil:
+    cdef uint64_t need = <uint64_t>g.n_nodes + extra
+    if need > g.max_nodes:
+        g.pool.err = ERR_LIMIT
+        return -1
+    if _grow(g, <void**>&g.nodes, &g.cap_nodes, need, sizeof(NodeC), g.max_nodes) < 0:
+        return -1
+    if _grow(g, <void**>&g.arena, &g.cap_arena, <uint64_t>g.n_arena + payload_bytes, 1,
+             <uint64_t>0xFFFFFFFF) < 0:
+        return -1
+    return _ix_reserve(g, &g.node_ix, 0, g.n_nodes, need)
+
+
+cdef int reserve_ctxs(GraphC* g, uint32_t extra) noexcept nogil:
+    cdef uint64_t need = <uint64_t>g.n_ctxs + extra
+    if _grow(g, <void**>&g.ctxs, &g.cap_ctxs, need, sizeof(CtxC), <uint64_t>0xFFFFFFF0) < 0:
+        return -1
+    return _ix_reserve(g, &g.ctx_ix, 1, g.n_ctxs, need)
+
+
+cdef int reserve_edges(GraphC* g, uint32_t extra) noexcept nogil:
+    cdef uint64_t need = <uint64_t>g.n_edges + extra
+    if need > g.max_edges:
+        g.pool.err = ERR_LIMIT
+        return -1
+    if _grow(g, <void**>&g.edges, &g.cap_edges, need, sizeof(EdgeC), g.max_edges) < 0:
+        return -1
+    return _ix_reserve(g, &g.edge_ix, 2, g.n_edges, need)
+
+
+cdef int reserve_trie(GraphC* g, uint32_t extra) noexcept nogil:
+    cdef uint64_t need = <uint64_t>g.n_trie + extra
+    if _grow(g, <void**>&g.trie, &g.cap_trie, need, sizeof(TrieC), <uint64_t>0xFFFFFFF0) < 0:
+        return -1
+    return _ix_reserve(g, &g.trie_ix, 3, g.n_trie, need)
+
+
+cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, uint8_t port,
+                          uint8_t level, uint32_t left, uint32_t right) noexcept nogil:
+    cdef uint32_t v = g.n_nodes
+    cdef NodeC* n = &g.nodes[v]
+    memmove(g.arena + g.n_arena, payload, length)
+    n.payload_off = g.n_arena
+    n.payload_len = <uint16_t>length
+    n.poly = poly_bytes(payload, length)
+    n.key = node_key(n.poly, port, length)
+    n.level = level
+    n.port = port
+    n.left = left
+    n.right = right
+    n.count = 0
+    n.aux = 0
+    g.n_arena += length
+    g.n_nodes += 1
+    _ix_put(&g.node_ix, n.key, v)
+    return v
+
+
+cdef uint32_t append_ctx(GraphC* g, uint64_t key, uint32_t node) noexcept nogil:
+    cdef uint32_t c = g.n_ctxs
+    g.ctxs[c].key = key
+    g.ctxs[c].head = NONE
+    g.ctxs[c].total = 0
+    g.ctxs[c].distinct = 0
+    g.ctxs[c].node = node
+    g.n_ctxs += 1
+    _ix_put(&g.ctx_ix, key, c)
+    return c
+
+
+cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
+    cdef uint32_t e = g.n_edges
+    g.edges[e].ctx = ctx
+    g.edges[e].dst = dst
+    g.edges[e].count = 0
+    g.edges[e].stamp = <uint16_t>(g.tokens_fed >> 16)
+    g.edges[e].next = g.ctxs[ctx].head
+    g.ctxs[ctx].head = e
+    g.ctxs[ctx].distinct += 1
+    g.n_edges += 1
+    _ix_put(&g.edge_ix, edge_hash(ctx, dst), e)
+    return e
+
+
+cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint32_t byte) noexcept nogil:
+    cdef uint32_t s = g.n_trie
+    g.trie[s].parent = parent
+    g.trie[s].byte = byte
+    g.trie[s].node = NONE
+    g.n_trie += 1
+    if parent != NONE:
+        _ix_put(&g.trie_ix, trie_hash(parent, byte), s)
+    return s
+
+
+cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
+    cdef NodeC* n = &g.nodes[node]
+    cdef const uint8_t* p = g.arena + n.payload_off
+    cdef uint32_t state, child, j
+    if n.payload_len == 0:
+        return                            # STOP is not a pattern of any input
+    state = g.port_root[n.port]
+    if state == NONE:
+        state = _trie_new(g, NONE, n.port)
+        g.port_root[n.port] = state
+    for j in range(n.payload_len):
+        child = trie_child(g, state, p[j])
+        if child == NONE:
+            child = _trie_new(g, state, p[j])
+        state = child
+    g.trie[state].node = node
+
+
+cdef void rebuild_edge_lists(GraphC* g) noexcept nogil:
+    """Relink successor lists and recount totals from the edge array (ascending, like incremental
+    insertion, so list order is the same as if the edges had been added one by one)."""
+    cdef uint32_t c, e
+    cdef CtxC* x
+    for c in range(g.n_ctxs):
+        g.ctxs[c].head = NONE
+        g.ctxs[c].total = 0
+        g.ctxs[c].distinct = 0
+    for e in range(g.n_edges):
+        x = &g.ctxs[g.edges[e].ctx]
+        g.edges[e].next = x.head
+        x.head = e
+        x.total += g.edges[e].count
+        x.distinct += 1
+
+
+cdef void rebuild_indexes(GraphC* g) noexcept nogil:
+    cdef uint32_t v, p
+    _ix_fill(g, &g.node_ix, 0, g.n_nodes)
+    _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs)
+    _ix_fill(g, &g.edge_ix, 2, g.n_edges)
+    # The trie holds exactly the prefixes of live payloads: rebuilding it in place never needs more
+    # states than it had.
+    for p in range(256):
+        g.port_root[p] = NONE
+    g.n_trie = 0
+    memset(g.trie_ix.slots, 0, g.trie_ix.capacity * sizeof(uint32_t))
+    g.trie_ix.filled = 0
+    for v in range(g.n_nodes):
+        trie_insert_node(g, v)
+
+
+cdef void _shrink_array(GraphC* g, void** ptr, uint32_t* capacity, uint32_t n, size_t itemsize) noexcept nogil:
+    cdef uint64_t want = <uint64_t>n + n // 8 + 64
+    if want < capacity[0] and pool_resize(&g.pool, ptr, capacity[0], want, itemsize) == 0:
+        capacity[0] = <uint32_t>want
+
+
+cdef void _shrink_index(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
+    cdef uint64_t want = _ix_capacity_for(n)
+    cdef uint32_t* fresh
+    if want >= ix.capacity:
+        return
+    fresh = <uint32_t*>pool_alloc(&g.pool, want, sizeof(uint32_t))
+    if fresh == NULL:
+        return                            # keep the larger index; it is still complete
+    pool_free(&g.pool, ix.slots, ix.capacity, sizeof(uint32_t))
+    ix.slots = fresh
+    ix.capacity = want
+    _ix_fill(g, ix, kind, n)
+
+
+cdef void shrink_to_fit(GraphC* g) noexcept nogil:
+    _shrink_array(g, <void**>&g.edges, &g.cap_edges, g.n_edges, sizeof(EdgeC))
+    _shrink_array(g, <void**>&g.ctxs, &g.cap_ctxs, g.n_ctxs, sizeof(CtxC))
+    _shrink_array(g, <void**>&g.nodes, &g.cap_nodes, g.n_nodes, sizeof(NodeC))
+    _shrink_array(g, <void**>&g.trie, &g.cap_trie, g.n_trie, sizeof(TrieC))
+    _shrink_array(g, <void**>&g.arena, &g.cap_arena, g.n_arena, 1)
+    _shrink_index(g, &g.edge_ix, 2, g.n_edges)
+    _shrink_index(g, &g.ctx_ix, 1, g.n_ctxs)
+    _shrink_index(g, &g.node_ix, 0, g.n_nodes)
+    _shrink_index(g, &g.trie_ix, 3, g.n_trie)
+
+
+cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil:
+    cdef void* blocks[9]
+    cdef size_t sizes[9]
+    cdef int i, j
+    sizes[0] = sizeof(NodeC); sizes[1] = sizeof(CtxC); sizes[2] = sizeof(EdgeC)
+    sizes[3] = sizeof(TrieC); sizes[4] = 1
+    for i in range(5, 9):
+        sizes[i] = sizeof(uint32_t)
+    for i in range(9):
+        if i < 5 and caps[i] > 0xFFFFFFFFu:
+            g.pool.err = ERR_LIMIT
+            blocks[i] = NULL
+        else:
+            blocks[i] = pool_alloc(&g.pool, caps[i], sizes[i])
+        if blocks[i] == NULL:
+            for j in range(i):
+                pool_free(&g.pool, blocks[j], caps[j], sizes[j])
+            return -1
+    store_free(g)
+    g.nodes = <NodeC*>blocks[0]; g.cap_nodes = <uint32_t>caps[0]
+    g.ctxs = <CtxC*>blocks[1]; g.cap_ctxs = <uint32_t>caps[1]
+    g.edges = <EdgeC*>blocks[2]; g.cap_edges = <uint32_t>caps[2]
+    g.trie = <TrieC*>blocks[3]; g.cap_trie = <uint32_t>caps[3]
+    g.arena = <uint8_t*>blocks[4]; g.cap_arena = <uint32_t>caps[4]
+    g.node_ix.slots = <uint32_t*>blocks[5]; g.node_ix.capacity = caps[5]
+    g.ctx_ix.slots = <uint32_t*>blocks[6]; g.ctx_ix.capacity = caps[6]
+    g.edge_ix.slots = <uint32_t*>blocks[7]; g.edge_ix.capacity = caps[7]
+    g.trie_ix.slots = <uint32_t*>blocks[8]; g.trie_ix.capacity = caps[8]
+    memset(g.trie_ix.slots, 0, caps[8] * sizeof(uint32_t))
+    for i in range(256):
+        g.port_root[i] = NONE
+    return 0
+
+
+cdef void rebuild_index(GraphC* g, int kind) noexcept nogil:
+    if kind == 0:
+        _ix_fill(g, &g.node_ix, 0, g.n_nodes)
+    elif kind == 1:
+        _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs)
+    else:
+        _ix_fill(g, &g.edge_ix, 2, g.n_edges)
