@@ -72,6 +72,8 @@ class Limits:
     max_edges: context->token edges. Training that reaches it prunes down to 70% of it.
     max_payload: longest pattern, in bytes. max_levels: deepest hierarchy level.
     context_len: tokens of context the model conditions on (orders 1..context_len).
+    byte_context: lengths of the byte-suffix contexts (the last n bytes, however they were
+        segmented), used as back-off levels below the token contexts; () disables them.
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
     embedding_dims, max_transformers, transformer_min_uses, max_heads: caps of the embedding and
         edge-attention mechanisms; accepted and validated, but those mechanisms are not built yet.
@@ -82,8 +84,9 @@ class Limits:
     max_edges: int = 1 << 30
     max_payload: int = 64
     max_levels: int = 16
-    context_len: int = 4
+    context_len: int = 3
     hierarchy_min_count: int = 2
+    byte_context: tuple = (3, 6)
     embedding_dims: int = 16
     max_transformers: int = 1 << 16
     transformer_min_uses: int = 32
@@ -93,6 +96,15 @@ class Limits:
         object.__setattr__(self, "max_memory", parse_size(self.max_memory, "max_memory"))
         if self.max_memory < 1 << 16:
             raise ValueError(f"max_memory: at least 64K is needed, got {self.max_memory}")
+        bc = self.byte_context
+        if isinstance(bc, int) and not isinstance(bc, bool):
+            bc = tuple(range(1, bc + 1))
+        if not isinstance(bc, (tuple, list)) or len(bc) > 8 or \
+                any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 64 for b in bc) or \
+                list(bc) != sorted(set(bc)):
+            raise ValueError(f"byte_context: up to 8 ascending lengths in [1, 64] (or an int n for "
+                             f"1..n), got {self.byte_context!r}")
+        object.__setattr__(self, "byte_context", tuple(bc))
         for name, (lo, hi) in _RANGES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -103,7 +115,8 @@ class Limits:
     def core_kwargs(self) -> dict:
         return dict(max_memory=self.max_memory, max_nodes=self.max_nodes, max_edges=self.max_edges,
                     max_payload=self.max_payload, max_levels=self.max_levels,
-                    context_len=self.context_len, form_min_count=self.hierarchy_min_count)
+                    context_len=self.context_len, form_min_count=self.hierarchy_min_count,
+                    byte_orders=tuple(self.byte_context))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

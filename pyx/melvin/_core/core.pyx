@@ -32,7 +32,7 @@ cdef class Core:
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
-                  uint32_t form_min_count, bint empty=False):
+                  uint32_t form_min_count, tuple byte_orders=(), bint empty=False):
         memset(&self.g, 0, sizeof(GraphC))
         store_init(&self.g)
         self.g.pool.cap = max_memory
@@ -43,9 +43,15 @@ cdef class Core:
         self.g.max_levels = max_levels
         self.g.context_len = context_len
         self.g.form_min_count = form_min_count
+        if len(byte_orders) > 8 or list(byte_orders) != sorted(set(byte_orders)) or \
+                any(not 1 <= b <= 64 for b in byte_orders):
+            raise ValueError("byte_orders: up to 8 distinct ascending lengths in [1, 64]")
+        self.g.n_byte_orders = len(byte_orders)
+        for i, b in enumerate(byte_orders):
+            self.g.byte_orders[i] = b
         self.limits = dict(max_memory=max_memory, max_nodes=max_nodes, max_edges=max_edges,
                            max_payload=max_payload, max_levels=max_levels, context_len=context_len,
-                           form_min_count=form_min_count)
+                           form_min_count=form_min_count, byte_orders=tuple(byte_orders))
         if not empty and graph_init(&self.g) < 0:
             self._raise("creating the base nodes")
 
@@ -90,6 +96,40 @@ cdef class Core:
             bits = score_episode(&self.g, p, n, <uint8_t>port)
         return bits
 
+    def score_detail(self, const uint8_t[::1] data, int port=0):
+        """Per token of one episode: (token id, bits, highest order whose context saw the token
+        (0: none), number of orders whose context exists). For evaluation and diagnostics."""
+        cdef size_t n = data.shape[0]
+        cdef const uint8_t* p = &data[0] if n else NULL
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t m, v, length, k, hit, present
+        cdef size_t pos = 0
+        out = []
+        if self.g.port_root[<uint8_t>port] == NONE:
+            return out
+        trace_reset(&tr)
+        while True:
+            if pos < n:
+                v = match_longest(&self.g, <uint8_t>port, p + pos, n - pos, &length)
+            else:
+                v = STOP
+                length = 0
+            m = trace_contexts(&self.g, &tr, cis)
+            hit = 0
+            present = 0
+            for k in range(m):
+                if cis[k] != NONE:
+                    present += 1
+                    if edge_find(&self.g, cis[k], v) != NONE:
+                        hit = k + 1
+            out.append((v, -np.log2(prob_of(&self.g, cis, m, v)), hit, present))
+            if v == STOP:
+                break
+            trace_push(&tr, v, self.g.context_len)
+            pos += length
+        return out
+
     cdef bytes _payload(self, uint32_t v):
         cdef NodeC* nd = &self.g.nodes[v]
         return (<char*>self.g.arena)[nd.payload_off:nd.payload_off + nd.payload_len]
@@ -133,7 +173,7 @@ cdef class Core:
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m, v
         cdef list starts = []
         if k <= 0 or self.g.port_root[<uint8_t>port] == NONE:
@@ -155,7 +195,7 @@ cdef class Core:
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m, k, e
         cdef double T, D
         cdef list starts = []
@@ -184,7 +224,7 @@ cdef class Core:
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT]
+        cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m, v, best
         cdef Py_ssize_t j, ntok
         cdef double total, bp

@@ -31,6 +31,8 @@ cdef struct GraphC:
     uint32_t max_levels
     uint32_t context_len
     uint32_t form_min_count
+    uint32_t n_byte_orders
+    uint32_t byte_orders[8]        # lengths of the byte-suffix contexts, ascending
     # counters
     uint64_t total_count           # sum of node counts (order-0 normaliser)
     uint64_t bytes_fed
