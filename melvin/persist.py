@@ -4,7 +4,7 @@ Layout (all little-endian):
     magic "MLVNBRN\\n" | u32 version | u32 section count | section table | u32 crc32 of the table
     section table entry: 8-byte ASCII name | u64 offset | u64 length | u32 crc32 | u32 reserved
     sections: "limits" and "meta" (JSON), "nodes" (16 B each), "arena" (payload bytes),
-              "contexts" (12 B each), "edges" (12 B each)
+              "contexts" (8 B each), "edges" (12 B each)
 
 Loading validates the table, every checksum, every record count against its section length, and
 then every id and offset (in the core) before the graph is used; any damage raises

@@ -11,14 +11,15 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, feed_episode, prob_of, score_episode, prune_to)
+                                 add_port, feed_episode, prob_of, score_episode, prune_to,
+                                 is_excluded, excluded_mass, prob_next)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
 
 NODE_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
                        ("right", "<u4"), ("count", "<u4")])
-CTX_DTYPE = np.dtype([("key", "<u8"), ("node", "<u4")])
+CTX_DTYPE = np.dtype([("key", "<u8")])
 EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
 COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
                  "pruned_contexts", "prunes", "peak_memory_bytes")
@@ -123,7 +124,7 @@ cdef class Core:
                     present += 1
                     if edge_find(&self.g, cis[k], v) != NONE:
                         hit = k + 1
-            out.append((v, -np.log2(prob_of(&self.g, cis, m, v)), hit, present))
+            out.append((v, -np.log2(prob_next(&self.g, &tr, cis, m, v)), hit, present))
             if v == STOP:
                 break
             trace_push(&tr, v, self.g.context_len)
@@ -154,18 +155,23 @@ cdef class Core:
         for i in range(first, j):
             trace_push(tr, <uint32_t>ids[i], self.g.context_len)
 
-    cdef dict _candidates(self, uint32_t* cis, uint32_t m, uint8_t port):
-        """Every token observed after any order of the current context, with its probability."""
+    cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port, bint exclude):
+        """Every token observed after any order of the current context, with its probability.
+        With `exclude`, tokens greedy segmentation rules out are dropped and the rest renormalised
+        (the distribution predict and score use); generation ranks by the plain mixture, because
+        the text it writes is not re-segmented between steps."""
         cdef dict out = {}
-        cdef uint32_t k, e, d
+        cdef uint32_t k, e, d, a = tr.ids[0] if exclude else STOP
+        cdef double norm = 1.0 - excluded_mass(&self.g, a, cis, m)
         for k in range(m):
             if cis[k] == NONE:
                 continue
             e = self.g.ctxs[cis[k]].head
             while e != NONE:
                 d = self.g.edges[e].dst
-                if d not in out and (d == STOP or self.g.nodes[d].port == port):
-                    out[d] = prob_of(&self.g, cis, m, d)
+                if d not in out and (d == STOP or self.g.nodes[d].port == port) and \
+                        not is_excluded(&self.g, a, d):
+                    out[d] = prob_of(&self.g, cis, m, d) / norm
                 e = self.g.edges[e].next
         return out
 
@@ -181,12 +187,12 @@ cdef class Core:
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
-        cand = self._candidates(cis, m, <uint8_t>port)
+        cand = self._candidates(&tr, cis, m, <uint8_t>port, True)
         # Unobserved tokens share the order-0 floor; the most frequent of them can still rank.
         counts = self.node_counts()
-        for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k]:
-            if v not in cand:
-                cand[int(v)] = prob_of(&self.g, cis, m, <uint32_t>v)
+        for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k + 64]:
+            if v not in cand and not is_excluded(&self.g, tr.ids[0], <uint32_t>v):
+                cand[int(v)] = prob_next(&self.g, &tr, cis, m, <uint32_t>v)
         ranked = sorted(cand.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [(b"" if v == STOP else self._payload(v), prob) for v, prob in ranked]
 
@@ -196,24 +202,14 @@ cdef class Core:
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
         cdef uint32_t cis[MAX_CONTEXT + 8]
-        cdef uint32_t m, k, e
-        cdef double T, D
+        cdef uint32_t m, v
         cdef list starts = []
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
-        cdef cnp.ndarray[cnp.float64_t, ndim=1] dist = \
-            (self.node_counts().astype(np.float64) + 1.0) / (self.g.total_count + self.g.n_nodes)
-        for k in range(m):
-            if cis[k] == NONE or self.g.ctxs[cis[k]].total == 0:
-                continue
-            T = self.g.ctxs[cis[k]].total
-            D = self.g.ctxs[cis[k]].distinct
-            dist *= D / (T + D)
-            e = self.g.ctxs[cis[k]].head
-            while e != NONE:
-                dist[self.g.edges[e].dst] += self.g.edges[e].count / (T + D)
-                e = self.g.edges[e].next
+        cdef cnp.ndarray[cnp.float64_t, ndim=1] dist = np.empty(self.g.n_nodes, dtype=np.float64)
+        for v in range(self.g.n_nodes):
+            dist[v] = prob_next(&self.g, &tr, cis, m, v)
         return dist
 
     def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
@@ -242,7 +238,7 @@ cdef class Core:
                 continue
             self._trace_at(&tr, ids, j)
             m = trace_contexts(&self.g, &tr, cis)
-            cand = {d: pr for d, pr in self._candidates(cis, m, <uint8_t>port).items()
+            cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port, False).items()
                     if d != STOP and self._payload(d).startswith(rest)}
             if not cand:
                 continue
@@ -262,7 +258,7 @@ cdef class Core:
                 break                     # greedy decoding from a repeated state would loop forever
             seen.add(state)
             m = trace_contexts(&self.g, &tr, cis)
-            cand = self._candidates(cis, m, <uint8_t>port)
+            cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
             if not cand:
                 break
             best, bp = min(cand.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -371,7 +367,7 @@ cdef class Core:
                 state = trie_child(g, state, g.arena[nd.payload_off + j])
                 if state == NONE:
                     raise InvariantError(f"trie path of node {v} broken")
-            if g.trie[state].node != v:
+            if g.trie[state].node != v or nd.state != state:
                 raise InvariantError(f"trie does not end at node {v}")
         for j in range(256):
             state = g.port_root[j]
@@ -383,6 +379,19 @@ cdef class Core:
                     raise InvariantError(f"port {j} lacks the byte node {s}")
         if counts != g.total_count:
             raise InvariantError("total_count differs from the node counts")
+        agg = np.zeros(g.n_trie, dtype=np.uint64)
+        if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
+            raise InvariantError("counts too large for the trie aggregates")
+        for v in range(g.n_nodes):
+            s = g.nodes[v].state
+            while s != NONE and v != STOP:
+                if s >= g.n_trie:
+                    raise InvariantError(f"node {v} trie path leaves the trie")
+                agg[s] += g.nodes[v].count + 1
+                s = g.trie[s].parent
+        for s in range(g.n_trie):
+            if agg[s] != g.trie[s].agg:
+                raise InvariantError(f"trie state {s} aggregate is stale")
         for s in range(g.n_trie):
             if g.trie[s].node != NONE and g.trie[s].node >= g.n_nodes:
                 raise InvariantError(f"trie state {s} names a missing node")
@@ -390,10 +399,8 @@ cdef class Core:
                 raise InvariantError(f"trie state {s} parent is not earlier")
         steps = 0
         for c in range(g.n_ctxs):
-            if ctx_find(g, g.ctxs[c].key) != c:
+            if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
                 raise InvariantError(f"context {c} not found by its key (or duplicated)")
-            if g.ctxs[c].node >= g.n_nodes:
-                raise InvariantError(f"context {c} names a missing node")
             total = 0
             j = 0
             e = g.ctxs[c].head
@@ -441,10 +448,8 @@ cdef class Core:
             n_right[v] = g.nodes[v].right
             n_count[v] = g.nodes[v].count
         cdef cnp.uint64_t[:] c_key = ctxs["key"]
-        cdef cnp.uint32_t[:] c_node = ctxs["node"]
         for v in range(g.n_ctxs):
-            c_key[v] = g.ctxs[v].key
-            c_node[v] = g.ctxs[v].node
+            c_key[v] = ctx_key(&g.ctxs[v])
         cdef cnp.uint32_t[:] e_ctx = edges["ctx"]
         cdef cnp.uint32_t[:] e_dst = edges["dst"]
         cdef cnp.uint16_t[:] e_count = edges["count"]
@@ -487,7 +492,7 @@ cdef class Core:
                 raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
         for name in ("node_index", "context_index", "edge_index", "trie_index"):
             cap = int(capacities.get(name, -1))
-            if cap < 64 or cap & (cap - 1) or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
+            if cap < 64 or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
                 raise CorruptBrainError(f"{name} capacity {cap} implausible")
         try:
             self._load_arrays(nodes, arena, ctxs, edges, capacities)
@@ -531,7 +536,6 @@ cdef class Core:
         cdef cnp.uint32_t[:] n_right = np.ascontiguousarray(nodes["right"])
         cdef cnp.uint32_t[:] n_count = np.ascontiguousarray(nodes["count"])
         cdef cnp.uint64_t[:] c_key = np.ascontiguousarray(ctxs["key"])
-        cdef cnp.uint32_t[:] c_node = np.ascontiguousarray(ctxs["node"])
         cdef cnp.uint32_t[:] e_ctx = np.ascontiguousarray(edges["ctx"])
         cdef cnp.uint32_t[:] e_dst = np.ascontiguousarray(edges["dst"])
         cdef cnp.uint16_t[:] e_count = np.ascontiguousarray(edges["count"])
@@ -539,7 +543,7 @@ cdef class Core:
         for i, name in enumerate(CAPACITY_NAMES):
             caps[i] = int(capacities[name])
         for i, n_items in ((5, nn), (6, nc), (7, ne)):
-            if caps[i] * 7 < <uint64_t>n_items * 10:
+            if caps[i] * 3 < <uint64_t>n_items * 4:
                 raise CorruptBrainError(f"{CAPACITY_NAMES[i]} too small for {n_items} items")
         # Allocate exactly the saved capacities (validated), so memory_bytes round-trips.
         if store_alloc_exact(g, caps) < 0:
@@ -570,10 +574,8 @@ cdef class Core:
             off += length
             g.n_nodes = v + 1
         for c in range(nc):
-            if c_node[c] >= nn:
-                raise CorruptBrainError(f"context {c} names node {c_node[c]} of {nn}")
-            g.ctxs[c].key = c_key[c]
-            g.ctxs[c].node = c_node[c]
+            g.ctxs[c].key_lo = <uint32_t>c_key[c]
+            g.ctxs[c].key_hi = <uint32_t>(c_key[c] >> 32)
             g.n_ctxs = c + 1
         for e in range(ne):
             if e_ctx[e] >= nc or e_dst[e] >= nn or e_count[e] == 0:
@@ -590,6 +592,6 @@ cdef class Core:
         for v in range(nn):
             length = g.nodes[v].payload_len
             if g.n_trie + length + 1 > g.cap_trie or \
-                    (g.trie_ix.filled + length + 1) * 10 > g.trie_ix.capacity * 7:
+                    (g.trie_ix.filled + length + 1) * 4 > g.trie_ix.capacity * 3:
                 raise CorruptBrainError("trie capacity too small for the payloads")
             trie_insert_node(g, v)

@@ -13,6 +13,15 @@ cdef extern from *:
     const uint32_t STOP "MELVIN_STOP"            # node id of the end-of-episode node
     const uint32_t N_BASE "MELVIN_N_BASE"        # 256 text byte nodes + STOP exist from the start
 
+cdef extern from *:
+    """
+    static inline uint64_t melvin_fastrange(uint64_t h, uint64_t n) {
+        return (uint64_t)(((__uint128_t)h * n) >> 64);
+    }
+    """
+    # Maps a 64-bit hash onto [0, n) without a power-of-two size, so indexes can grow by 1.5x.
+    uint64_t fastrange "melvin_fastrange"(uint64_t h, uint64_t n) noexcept nogil
+
 
 # A pattern: payload bytes live in the arena; ids are dense indices into GraphC.nodes.
 cdef struct NodeC:
@@ -26,15 +35,18 @@ cdef struct NodeC:
     uint32_t right
     uint32_t count         # times emitted as a token (aged by pruning)
     uint32_t aux           # scratch for rebuilds (new id during pruning); meaningless otherwise
+    uint32_t state         # trie state where the payload ends (NONE for STOP)
 
 
 # A context: the last k tokens, hashed. Its successors are a singly linked list of edges.
+# The key is split in two halves so the struct packs into 20 bytes (contexts are ~half as many as
+# edges, so every byte here counts).
 cdef struct CtxC:
-    uint64_t key
+    uint32_t key_lo
+    uint32_t key_hi
     uint32_t head          # first edge of the successor list (NONE if empty)
     uint32_t total         # sum of the successor counts
     uint32_t distinct      # number of successors
-    uint32_t node          # most recent token of the context (pruning drops contexts of dropped nodes)
 
 
 # A Hebbian edge: context -> next token.
@@ -48,18 +60,26 @@ cdef struct EdgeC:
 
 # A payload-trie state; children are found through the trie index keyed by (state, byte).
 cdef struct TrieC:
+    uint32_t agg           # sum of (count + 1) over the nodes at or below this state (counts are
+                           # aged before total_count + nodes can reach 2**32, so it cannot wrap)
     uint32_t parent
     uint32_t node          # node whose payload ends here (NONE if none)
+    uint32_t first_child   # children as a linked list, to enumerate what extends a prefix
+    uint32_t next_sibling
     uint32_t byte
 
 
 # Open-addressing index of dense-array positions. Slots hold position+1 (0 = empty); keys live in the
-# dense arrays, so a slot costs 4 bytes. Power-of-two capacity, linear probing, no deletions: removal
-# happens only by rebuilding.
+# dense arrays, so a slot costs 4 bytes. Any capacity (fastrange), load 0.5-0.75, linear probing, no
+# deletions: removal happens only by rebuilding.
 cdef struct IndexC:
     uint32_t* slots
     uint64_t capacity
     uint64_t filled
+
+
+cdef inline uint64_t ctx_key(CtxC* c) noexcept nogil:
+    return (<uint64_t>c.key_hi << 32) | c.key_lo
 
 
 cdef inline uint64_t fmix64(uint64_t k) noexcept nogil:

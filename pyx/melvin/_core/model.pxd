@@ -21,5 +21,8 @@ cdef int graph_init(GraphC* g) noexcept nogil
 cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil
+cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
+cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil
+cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil

@@ -2,8 +2,8 @@
 from libc.string cimport memcpy, memmove, memcmp
 from libc.math cimport log2
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
-from melvin._core.store cimport (reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
-                                 append_ctx, append_edge, trie_insert_node, rebuild_indexes,
+from melvin._core.store cimport (trie_child, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+                                 append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest)
 
 # Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
@@ -107,14 +107,14 @@ cdef void _rescale_ctx(GraphC* g, uint32_t ci) noexcept nogil:
     g.ctxs[ci].total = total
 
 
-cdef int _count(GraphC* g, uint64_t key, uint32_t recent, uint32_t v, uint32_t* ci_out,
+cdef int _count(GraphC* g, uint64_t key, uint32_t v, uint32_t* ci_out,
                 uint32_t* ei_out) noexcept nogil:
     cdef uint32_t ci = ctx_find(g, key)
     cdef uint32_t ei
     if ci == NONE:
         if reserve_ctxs(g, 1) < 0:
             return -1
-        ci = append_ctx(g, key, recent)
+        ci = append_ctx(g, key)
     ei = edge_find(g, ci, v)
     if ei == NONE:
         if reserve_edges(g, 1) < 0:
@@ -131,8 +131,8 @@ cdef int _count(GraphC* g, uint64_t key, uint32_t recent, uint32_t v, uint32_t* 
 
 
 cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
-    cdef uint64_t mask = g.node_ix.capacity - 1
-    cdef uint64_t i = key & mask
+    cdef uint64_t cap = g.node_ix.capacity
+    cdef uint64_t i = fastrange(key, cap)
     cdef uint32_t s
     cdef NodeC* n
     cdef NodeC* na = &g.nodes[a]
@@ -147,7 +147,9 @@ cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noex
                 and memcmp(g.arena + n.payload_off + na.payload_len, g.arena + nb.payload_off,
                            nb.payload_len) == 0:
             return s - 1
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
 
 
 cdef void _maybe_form(GraphC* g, uint32_t a, uint32_t b, uint32_t ci, uint32_t ei) noexcept nogil:
@@ -213,7 +215,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
         if k > first_token and not prev_existed:
             break
         existed = ctx_find(g, keys[k]) != NONE
-        if _count(g, keys[k], tr.ids[0] if k >= first_token else STOP, tr.pending, &ci, &ei) < 0:
+        if _count(g, keys[k], tr.pending, &ci, &ei) < 0:
             if pruned or _auto_prune(g, tr) < 0:
                 return -1
             pruned = True
@@ -223,15 +225,19 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
         prev_existed = existed
         k += 1
     v = tr.pending
-    if g.nodes[v].count >= 0xFFFFFFF0u:
+    # Age all counts before any counter or trie aggregate could wrap.
+    if g.nodes[v].count >= 0xFFFFFFF0u or g.total_count + g.n_nodes >= 0xFFFFFF00u:
         for k in range(g.n_nodes):
             g.nodes[k].count >>= 1
         g.total_count = 0
         for k in range(g.n_nodes):
             g.total_count += g.nodes[k].count
+        rebuild_indexes(g)                # recomputes the trie aggregates
     g.nodes[v].count += 1
     g.total_count += 1
     g.tokens_fed += 1
+    if v != STOP:
+        trie_add_count(g, v, 1)
     tr.pending = NONE
     trace_push(tr, v, g.context_len)
     return 0
@@ -262,13 +268,13 @@ cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) no
 # 0.15 bits/byte once byte-suffix contexts were added.
 cdef double DISCOUNT = 0.9
 cdef double STRENGTH = 8.0
-cdef int ESTIMATOR = 1
 
 
-def _set_estimator(int kind, double discount, double strength):
-    """Experiment hook: 0 = Witten-Bell, 1 = discounted (Pitman-Yor style) interpolation."""
-    global ESTIMATOR, DISCOUNT, STRENGTH
-    ESTIMATOR = kind
+def _set_smoothing(double discount, double strength):
+    """Tuning hook for experiments (tools/bench.py): the interpolation's d and a."""
+    global DISCOUNT, STRENGTH
+    if not (0.0 <= discount < 1.0 and strength > 0.0):
+        raise ValueError("need 0 <= discount < 1 and strength > 0")
     DISCOUNT = discount
     STRENGTH = strength
 
@@ -289,12 +295,112 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept n
             continue
         ei = edge_find(g, ci, v)
         c = g.edges[ei].count if ei != NONE else 0
-        if ESTIMATOR == 0:
-            p = (c + x.distinct * p) / (<double>x.total + x.distinct)
-        else:
-            cd = c - DISCOUNT if c > DISCOUNT else 0.0
-            p = (cd + (STRENGTH + DISCOUNT * x.distinct) * p) / (<double>x.total + STRENGTH)
+        cd = c - DISCOUNT if c > DISCOUNT else 0.0
+        p = (cd + (STRENGTH + DISCOUNT * x.distinct) * p) / (<double>x.total + STRENGTH)
     return p
+
+
+cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil:
+    """True if greedy segmentation can never emit u right after a: some prefix of u would have
+    extended a into a longer pattern (so a would not have been the longest match)."""
+    cdef uint32_t s, j
+    cdef NodeC* nu
+    if a == STOP or u == STOP or g.nodes[a].port != g.nodes[u].port:
+        return False
+    s = g.nodes[a].state
+    if s == NONE or g.trie[s].first_child == NONE:
+        return False
+    nu = &g.nodes[u]
+    for j in range(nu.payload_len):
+        s = trie_child(g, s, g.arena[nu.payload_off + j])
+        if s == NONE:
+            return False
+        if g.trie[s].node != NONE:
+            return True
+    return False
+
+
+cdef double _subtree_weight(GraphC* g, uint32_t top, uint32_t s, uint8_t port) noexcept nogil:
+    """Sum of (count + 1) over nodes whose payload starts with the bytes on the trie path from
+    `top` (exclusive) down to `s` (inclusive)."""
+    cdef uint8_t path[65536]
+    cdef uint32_t depth = 0, r, j
+    while s != top:
+        path[depth] = <uint8_t>g.trie[s].byte
+        depth += 1
+        s = g.trie[s].parent
+    r = g.port_root[port]
+    j = depth
+    while j > 0:
+        j -= 1
+        r = trie_child(g, r, path[j])
+        if r == NONE:
+            return 0.0
+    return <double>g.trie[r].agg
+
+
+cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil:
+    """Probability (under prob_of) of all tokens that is_excluded() after a. prob_of is linear in
+    each level's counts, so the excluded mass is the same mixture over the excluded tokens:
+    each level's discounted counts weighted by the escape product above it, plus order 0."""
+    cdef double beta[MAX_CONTEXT + 8]
+    cdef double weight, total = 0.0, zero = 0.0
+    cdef uint32_t k, e, d, s, top
+    cdef CtxC* x
+    cdef uint8_t port
+    if a == STOP:
+        return 0.0
+    top = g.nodes[a].state
+    if top == NONE or g.trie[top].first_child == NONE:
+        return 0.0
+    port = g.nodes[a].port
+    for k in range(n):
+        beta[k] = 1.0
+        if cis[k] != NONE and g.ctxs[cis[k]].total:
+            x = &g.ctxs[cis[k]]
+            beta[k] = (STRENGTH + DISCOUNT * x.distinct) / (<double>x.total + STRENGTH)
+    # Levels from the most specific down, carrying the product of the escapes above.
+    weight = 1.0
+    k = n
+    while k > 0:
+        k -= 1
+        if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
+            continue
+        x = &g.ctxs[cis[k]]
+        e = x.head
+        while e != NONE:
+            d = g.edges[e].dst
+            if g.edges[e].count > DISCOUNT and is_excluded(g, a, d):
+                total += weight * (g.edges[e].count - DISCOUNT) / (<double>x.total + STRENGTH)
+            e = g.edges[e].next
+        weight *= beta[k]
+    # Order 0: every token that starts with a minimal extension c of a (a+c is a node, no shorter
+    # one is) is excluded; the trie aggregates give their (count + 1) sums directly.
+    s = g.trie[top].first_child
+    while s != NONE:
+        if g.trie[s].node != NONE:
+            zero += _subtree_weight(g, top, s, port)
+        elif g.trie[s].first_child != NONE:
+            s = g.trie[s].first_child
+            continue
+        while s != top and g.trie[s].next_sibling == NONE:
+            s = g.trie[s].parent
+        if s == top:
+            break
+        s = g.trie[s].next_sibling
+    total += weight * zero / (<double>g.total_count + g.n_nodes)
+    return total
+
+
+cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil:
+    """P(next token = v) given the trace, with the tokens greedy segmentation rules out removed
+    and the rest renormalised."""
+    cdef uint32_t a = tr.ids[0]
+    cdef double z
+    if is_excluded(g, a, v):
+        return 0.0
+    z = excluded_mass(g, a, cis, m)
+    return prob_of(g, cis, m, v) / (1.0 - z)
 
 
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
@@ -310,11 +416,11 @@ cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port
     while pos < n:
         v = match_longest(g, port, data + pos, n - pos, &length)
         m = trace_contexts(g, &tr, cis)
-        bits -= log2(prob_of(g, cis, m, v))
+        bits -= log2(prob_next(g, &tr, cis, m, v))
         trace_push(&tr, v, g.context_len)
         pos += length
     m = trace_contexts(g, &tr, cis)
-    bits -= log2(prob_of(g, cis, m, STOP))
+    bits -= log2(prob_next(g, &tr, cis, m, STOP))
     return bits
 
 
@@ -342,12 +448,13 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
         else:
             nd.aux = nn
             nn += 1
-    # 2. contexts keep `distinct` as a survivor counter, then `head` as their new index.
+    # 2. contexts keep `distinct` as a survivor counter, then `head` as their new index. A context
+    #    holding a dropped node is never looked up again (its key names the payload) and ages out.
     for c in range(g.n_ctxs):
         g.ctxs[c].distinct = 0
     for e in range(g.n_edges):
         ed = &g.edges[e]
-        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE and g.nodes[g.ctxs[ed.ctx].node].aux != NONE:
+        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE:
             g.ctxs[ed.ctx].distinct += 1
     for c in range(g.n_ctxs):
         if g.ctxs[c].distinct:
@@ -368,8 +475,8 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
     for c in range(g.n_ctxs):
         w = g.ctxs[c].head
         if w != NONE:
-            g.ctxs[w].key = g.ctxs[c].key
-            g.ctxs[w].node = g.nodes[g.ctxs[c].node].aux
+            g.ctxs[w].key_lo = g.ctxs[c].key_lo
+            g.ctxs[w].key_hi = g.ctxs[c].key_hi
     # 5. nodes and their payloads, compacted (payload offsets grow with ids, so moves go forward).
     if protect != NULL:
         for i in range(protect.n):

@@ -58,10 +58,12 @@ cdef int reserve_trie(GraphC* g, uint32_t extra) noexcept nogil
 # Appends; the caller reserved room first, so these cannot fail.
 cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, uint8_t port,
                           uint8_t level, uint32_t left, uint32_t right) noexcept nogil
-cdef uint32_t append_ctx(GraphC* g, uint64_t key, uint32_t node) noexcept nogil
+cdef uint32_t append_ctx(GraphC* g, uint64_t key) noexcept nogil
 cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil
 # Walks/extends the trie along the node's payload; needs reserve_trie(len + 1) first.
 cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil
+# Add to the subtree aggregates along the node's trie path (after its count changed).
+cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil
 
 # Allocate empty arrays and indexes of exactly these capacities (nodes, contexts, edges, trie, arena,
 # node/context/edge/trie index); all or nothing. For loading.
@@ -81,10 +83,10 @@ cdef inline uint32_t ix_value(uint32_t slot) noexcept nogil:
 
 cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, uint32_t length,
                                uint8_t port) noexcept nogil:
-    cdef uint64_t mask = g.node_ix.capacity - 1
+    cdef uint64_t cap = g.node_ix.capacity
     if g.node_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = key & mask
+    cdef uint64_t i = fastrange(key, cap)
     cdef uint32_t s, v
     cdef NodeC* n
     while True:
@@ -96,29 +98,33 @@ cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, 
         if n.key == key and n.port == port and n.payload_len == length and \
                 memcmp(g.arena + n.payload_off, payload, length) == 0:
             return v
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
 
 
 cdef inline uint32_t ctx_find(GraphC* g, uint64_t key) noexcept nogil:
-    cdef uint64_t mask = g.ctx_ix.capacity - 1
+    cdef uint64_t cap = g.ctx_ix.capacity
     if g.ctx_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = key & mask
+    cdef uint64_t i = fastrange(key, cap)
     cdef uint32_t s
     while True:
         s = g.ctx_ix.slots[i]
         if s == 0:
             return NONE
-        if g.ctxs[s - 1].key == key:
+        if g.ctxs[s - 1].key_lo == <uint32_t>key and g.ctxs[s - 1].key_hi == <uint32_t>(key >> 32):
             return s - 1
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
 
 
 cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
-    cdef uint64_t mask = g.edge_ix.capacity - 1
+    cdef uint64_t cap = g.edge_ix.capacity
     if g.edge_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = edge_hash(ctx, dst) & mask
+    cdef uint64_t i = fastrange(edge_hash(ctx, dst), cap)
     cdef uint32_t s
     cdef EdgeC* e
     while True:
@@ -128,14 +134,16 @@ cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept n
         e = &g.edges[s - 1]
         if e.ctx == ctx and e.dst == dst:
             return s - 1
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
 
 
 cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint32_t byte) noexcept nogil:
-    cdef uint64_t mask = g.trie_ix.capacity - 1
+    cdef uint64_t cap = g.trie_ix.capacity
     if g.trie_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = trie_hash(state, byte) & mask
+    cdef uint64_t i = fastrange(trie_hash(state, byte), cap)
     cdef uint32_t s
     cdef TrieC* t
     while True:
@@ -145,7 +153,9 @@ cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint32_t byte) noexce
         t = &g.trie[s - 1]
         if t.parent == state and t.byte == byte:
             return s - 1
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
 
 
 # Greedy longest match of data[0:n] on a port: the longest node payload that prefixes the data.

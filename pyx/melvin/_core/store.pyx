@@ -46,7 +46,7 @@ cdef int _grow(GraphC* g, void** ptr, uint32_t* capacity, uint64_t need, size_t 
     if need > hard_max:
         g.pool.err = ERR_LIMIT
         return -1
-    new_cap = <uint64_t>capacity[0] + capacity[0] // 2
+    new_cap = <uint64_t>capacity[0] + capacity[0] // 4
     if new_cap < need:
         new_cap = need
     if new_cap < 64:
@@ -69,17 +69,19 @@ cdef inline uint64_t _ix_hash(GraphC* g, int kind, uint32_t v) noexcept nogil:
     if kind == 0:
         return g.nodes[v].key
     if kind == 1:
-        return g.ctxs[v].key
+        return ctx_key(&g.ctxs[v])
     if kind == 2:
         return edge_hash(g.edges[v].ctx, g.edges[v].dst)
     return trie_hash(g.trie[v].parent, g.trie[v].byte)
 
 
 cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
-    cdef uint64_t mask = ix.capacity - 1
-    cdef uint64_t i = h & mask
+    cdef uint64_t cap = ix.capacity
+    cdef uint64_t i = fastrange(h, cap)
     while ix.slots[i] != 0:
-        i = (i + 1) & mask
+        i += 1
+        if i == cap:
+            i = 0
     ix.slots[i] = v + 1
     ix.filled += 1
 
@@ -95,20 +97,19 @@ cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
 
 
 cdef uint64_t _ix_capacity_for(uint64_t n) noexcept nogil:
-    cdef uint64_t c = 64
-    while c * 7 < n * 10 + 10:           # keep the load factor at or below 0.7
-        c *= 2
-    return c
+    """Capacity that puts n items at a load of 0.6 (at least 64 slots)."""
+    cdef uint64_t c = n + n * 2 // 3 + 1
+    return c if c > 64 else 64
 
 
 cdef int _ix_reserve(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t need) noexcept nogil:
     cdef uint64_t new_cap
     cdef uint32_t* fresh
-    if ix.capacity != 0 and need * 10 <= ix.capacity * 7:
-        return 0
+    if ix.capacity != 0 and need * 4 <= ix.capacity * 3:
+        return 0                          # load stays at or below 0.75
     new_cap = _ix_capacity_for(need)
-    if new_cap < ix.capacity * 2:
-        new_cap = ix.capacity * 2
+    if new_cap < ix.capacity + ix.capacity // 2:
+        new_cap = ix.capacity + ix.capacity // 2
     fresh = <uint32_t*>pool_alloc(&g.pool, new_cap, sizeof(uint32_t))
     if fresh == NULL:
         return -1
@@ -171,19 +172,20 @@ cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, ui
     n.right = right
     n.count = 0
     n.aux = 0
+    n.state = NONE
     g.n_arena += length
     g.n_nodes += 1
     _ix_put(&g.node_ix, n.key, v)
     return v
 
 
-cdef uint32_t append_ctx(GraphC* g, uint64_t key, uint32_t node) noexcept nogil:
+cdef uint32_t append_ctx(GraphC* g, uint64_t key) noexcept nogil:
     cdef uint32_t c = g.n_ctxs
-    g.ctxs[c].key = key
+    g.ctxs[c].key_lo = <uint32_t>key
+    g.ctxs[c].key_hi = <uint32_t>(key >> 32)
     g.ctxs[c].head = NONE
     g.ctxs[c].total = 0
     g.ctxs[c].distinct = 0
-    g.ctxs[c].node = node
     g.n_ctxs += 1
     _ix_put(&g.ctx_ix, key, c)
     return c
@@ -208,9 +210,14 @@ cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint32_t byte) noexcept nogi
     g.trie[s].parent = parent
     g.trie[s].byte = byte
     g.trie[s].node = NONE
+    g.trie[s].agg = 0
+    g.trie[s].first_child = NONE
+    g.trie[s].next_sibling = NONE
     g.n_trie += 1
     if parent != NONE:
         _ix_put(&g.trie_ix, trie_hash(parent, byte), s)
+        g.trie[s].next_sibling = g.trie[parent].first_child
+        g.trie[parent].first_child = s
     return s
 
 
@@ -218,18 +225,31 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
     cdef NodeC* n = &g.nodes[node]
     cdef const uint8_t* p = g.arena + n.payload_off
     cdef uint32_t state, child, j
+    cdef uint32_t weight = n.count + 1
+    n.state = NONE
     if n.payload_len == 0:
         return                            # STOP is not a pattern of any input
     state = g.port_root[n.port]
     if state == NONE:
         state = _trie_new(g, NONE, n.port)
         g.port_root[n.port] = state
+    g.trie[state].agg += weight
     for j in range(n.payload_len):
         child = trie_child(g, state, p[j])
         if child == NONE:
             child = _trie_new(g, state, p[j])
         state = child
+        g.trie[state].agg += weight
     g.trie[state].node = node
+    n = &g.nodes[node]
+    n.state = state
+
+
+cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil:
+    cdef uint32_t s = g.nodes[node].state
+    while s != NONE:
+        g.trie[s].agg += amount
+        s = g.trie[s].parent
 
 
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil:
@@ -274,7 +294,7 @@ cdef void _shrink_array(GraphC* g, void** ptr, uint32_t* capacity, uint32_t n, s
 cdef void _shrink_index(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
     cdef uint64_t want = _ix_capacity_for(n)
     cdef uint32_t* fresh
-    if want >= ix.capacity:
+    if want * 5 >= ix.capacity * 4:      # not worth a rebuild for less than a fifth
         return
     fresh = <uint32_t*>pool_alloc(&g.pool, want, sizeof(uint32_t))
     if fresh == NULL:
