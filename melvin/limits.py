@@ -84,7 +84,7 @@ class Limits:
     max_edges: int = 1 << 30
     max_payload: int = 64
     max_levels: int = 16
-    context_len: int = 3
+    context_len: int = 1
     hierarchy_min_count: int = 2
     byte_context: tuple = (3, 6)
     embedding_dims: int = 16

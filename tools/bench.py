@@ -9,6 +9,10 @@ included. Reports MB/s of the feed loop alone, peak RSS, and memory_bytes per ed
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's idle BLAS threads steal a core here
+
 import argparse
 import json
 import os

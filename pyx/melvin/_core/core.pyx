@@ -127,7 +127,7 @@ cdef class Core:
             out.append((v, -np.log2(prob_next(&self.g, &tr, cis, m, v)), hit, present))
             if v == STOP:
                 break
-            trace_push(&tr, v, self.g.context_len)
+            trace_push(&tr, v, MAX_CONTEXT)
             pos += length
         return out
 
@@ -148,12 +148,12 @@ cdef class Core:
 
     cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j):
         """The trace the model would have after the first j prompt tokens of an episode."""
-        cdef Py_ssize_t i, first = j - <Py_ssize_t>self.g.context_len
+        cdef Py_ssize_t i, first = j - <Py_ssize_t>MAX_CONTEXT
         trace_reset(tr)
         if first < 0:
             first = 0
         for i in range(first, j):
-            trace_push(tr, <uint32_t>ids[i], self.g.context_len)
+            trace_push(tr, <uint32_t>ids[i], MAX_CONTEXT)
 
     cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port, bint exclude):
         """Every token observed after any order of the current context, with its probability.
@@ -246,7 +246,7 @@ cdef class Core:
             total = sum(cand.values())
             out += self._payload(best)[len(rest):]
             confidences.append(bp / total)
-            trace_push(&tr, best, self.g.context_len)
+            trace_push(&tr, best, MAX_CONTEXT)
             healed = True
             break
         if not healed:
@@ -266,7 +266,7 @@ cdef class Core:
                 break
             out += self._payload(best)
             confidences.append(bp)
-            trace_push(&tr, best, self.g.context_len)
+            trace_push(&tr, best, MAX_CONTEXT)
         return bytes(out[:max_bytes]), confidences
 
     # --- introspection -----------------------------------------------------------------------

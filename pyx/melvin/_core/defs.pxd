@@ -21,6 +21,8 @@ cdef extern from *:
     """
     # Maps a 64-bit hash onto [0, n) without a power-of-two size, so indexes can grow by 1.5x.
     uint64_t fastrange "melvin_fastrange"(uint64_t h, uint64_t n) noexcept nogil
+    # Hash probes are cache misses; issuing several before using any overlaps them.
+    void prefetch "__builtin_prefetch"(const void* p) noexcept nogil
 
 
 # A pattern: payload bytes live in the arena; ids are dense indices into GraphC.nodes.

@@ -28,6 +28,12 @@ cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil
     t.n = n
 
 
+cdef inline uint32_t trace_orders(GraphC* g, TraceC* t) noexcept nogil:
+    """Token-context orders available: the trace keeps MAX_CONTEXT tokens (byte contexts reach
+    back through them), of which the last context_len form token contexts."""
+    return t.n if t.n < g.context_len else g.context_len
+
+
 cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept nogil:
     """Context keys, least specific first: byte suffixes of the history (1, 2, ... bytes, stable
     however the history was segmented), then the last 1..n tokens. Returns how many."""
@@ -57,7 +63,7 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
             break
     keys[n_keys] = ctx_key_first(g.nodes[t.ids[0]].key)
     n_keys += 1
-    for k in range(1, t.n):
+    for k in range(1, trace_orders(g, t)):
         keys[n_keys] = ctx_key_extend(keys[n_keys - 1], g.nodes[t.ids[k]].key)
         n_keys += 1
     return n_keys
@@ -107,9 +113,9 @@ cdef void _rescale_ctx(GraphC* g, uint32_t ci) noexcept nogil:
     g.ctxs[ci].total = total
 
 
-cdef int _count(GraphC* g, uint64_t key, uint32_t v, uint32_t* ci_out,
+cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t* ci_out,
                 uint32_t* ei_out) noexcept nogil:
-    cdef uint32_t ci = ctx_find(g, key)
+    """Count v after the context `key` (already looked up as `ci`, NONE if absent)."""
     cdef uint32_t ei
     if ci == NONE:
         if reserve_ctxs(g, 1) < 0:
@@ -201,24 +207,46 @@ cdef int _auto_prune(GraphC* g, TraceC* tr) noexcept nogil:
     return 0
 
 
+cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, uint32_t* found) noexcept nogil:
+    """Find every order's context, overlapping the cache misses: all index slots are prefetched
+    first, then the context records, then the edge slots the update will probe."""
+    cdef uint32_t k
+    if g.ctx_ix.capacity == 0:
+        for k in range(n):
+            found[k] = NONE
+        return
+    for k in range(n):
+        prefetch(&g.ctx_ix.slots[fastrange(keys[k], g.ctx_ix.capacity)])
+    for k in range(n):
+        found[k] = ctx_find(g, keys[k])
+    if g.edge_ix.capacity:
+        for k in range(n):
+            if found[k] != NONE:
+                prefetch(&g.edge_ix.slots[fastrange(edge_hash(found[k], v), g.edge_ix.capacity)])
+
+
 cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint64_t keys[MAX_CONTEXT + 8]
+    cdef uint32_t found[MAX_CONTEXT + 8]
     cdef uint32_t n, k, ci, ei, first_token
     cdef bint existed, prev_existed = True, pruned = False
     tr.pending = v
     n = trace_keys(g, tr, keys)
-    first_token = n - tr.n
+    first_token = n - trace_orders(g, tr)
+    _lookup_all(g, keys, n, v, found)
     k = 0
     while k < n:
         # A token context of order k is created only once its order-(k-1) suffix has been seen:
         # most long contexts occur once, and this keeps them from dominating memory.
         if k > first_token and not prev_existed:
             break
-        existed = ctx_find(g, keys[k]) != NONE
-        if _count(g, keys[k], tr.pending, &ci, &ei) < 0:
+        ci = found[k]
+        existed = ci != NONE
+        if _count(g, keys[k], ci, tr.pending, &ci, &ei) < 0:
             if pruned or _auto_prune(g, tr) < 0:
                 return -1
             pruned = True
+            _lookup_all(g, keys, n, tr.pending, found)   # dense positions moved
             continue                      # keys are stable across pruning; ids were remapped
         if k == first_token:
             _maybe_form(g, tr.ids[0], tr.pending, ci, ei)
@@ -239,7 +267,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     if v != STOP:
         trie_add_count(g, v, 1)
     tr.pending = NONE
-    trace_push(tr, v, g.context_len)
+    trace_push(tr, v, MAX_CONTEXT)
     return 0
 
 
@@ -417,7 +445,7 @@ cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port
         v = match_longest(g, port, data + pos, n - pos, &length)
         m = trace_contexts(g, &tr, cis)
         bits -= log2(prob_next(g, &tr, cis, m, v))
-        trace_push(&tr, v, g.context_len)
+        trace_push(&tr, v, MAX_CONTEXT)
         pos += length
     m = trace_contexts(g, &tr, cis)
     bits -= log2(prob_next(g, &tr, cis, m, STOP))

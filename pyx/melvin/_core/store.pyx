@@ -87,13 +87,21 @@ cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
 
 
 cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
-    cdef uint32_t v
+    cdef uint32_t v, j
+    cdef uint64_t ring[16]
     memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     ix.filled = 0
+    # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
+    for v in range(n if n < 16 else 16):
+        ring[v] = _ix_hash(g, kind, v)
+        prefetch(&ix.slots[fastrange(ring[v], ix.capacity)])
     for v in range(n):
-        if kind == 3 and g.trie[v].parent == NONE:
-            continue                      # roots are not children of anything
-        _ix_put(ix, _ix_hash(g, kind, v), v)
+        j = v & 15
+        if not (kind == 3 and g.trie[v].parent == NONE):   # roots are nobody's children
+            _ix_put(ix, ring[j], v)
+        if v + 16 < n:
+            ring[j] = _ix_hash(g, kind, v + 16)
+            prefetch(&ix.slots[fastrange(ring[j], ix.capacity)])
 
 
 cdef uint64_t _ix_capacity_for(uint64_t n) noexcept nogil:
