@@ -10,6 +10,7 @@ import logging
 from melvin.errors import CapExceeded, CorruptBrainError, InvariantError, MelvinError
 from melvin.graph import PORT_AUDIO, PORT_IMAGE, PORT_SENSOR, PORT_TEXT, Graph
 from melvin.limits import Limits, parse_size
+from melvin.merge import merge
 from melvin.persist import load
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -18,8 +19,3 @@ __version__ = "0.1.0"
 __all__ = ["Graph", "Limits", "load", "merge", "parse_size", "MelvinError", "CapExceeded",
            "CorruptBrainError", "InvariantError", "PORT_TEXT", "PORT_AUDIO", "PORT_IMAGE",
            "PORT_SENSOR"]
-
-
-def merge(graphs):
-    """Combine independently trained graphs (not implemented yet: see the distributed issue)."""
-    raise NotImplementedError("melvin.merge is not implemented yet")

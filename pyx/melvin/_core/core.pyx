@@ -88,6 +88,10 @@ cdef class Core:
         with nogil:
             prune_to(&self.g, target_bytes, self.g.max_edges, NULL)
 
+    def prune_to(self, size_t target_bytes, uint64_t target_edges):
+        with nogil:
+            prune_to(&self.g, target_bytes, target_edges, NULL)
+
     # --- queries -----------------------------------------------------------------------------
     def score_bits(self, const uint8_t[::1] data, int port=0):
         cdef size_t n = data.shape[0]
@@ -193,7 +197,7 @@ cdef class Core:
         for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k + 64]:
             if v not in cand and not is_excluded(&self.g, tr.ids[0], <uint32_t>v):
                 cand[int(v)] = prob_next(&self.g, &tr, cis, m, <uint32_t>v)
-        ranked = sorted(cand.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        ranked = sorted(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))[:k]
         return [(b"" if v == STOP else self._payload(v), prob) for v, prob in ranked]
 
     def distribution(self, const uint8_t[::1] prompt, int port=0):
@@ -242,7 +246,7 @@ cdef class Core:
                     if d != STOP and self._payload(d).startswith(rest)}
             if not cand:
                 continue
-            best, bp = min(cand.items(), key=lambda kv: (-kv[1], kv[0]))
+            best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
             total = sum(cand.values())
             out += self._payload(best)[len(rest):]
             confidences.append(bp / total)
@@ -261,7 +265,7 @@ cdef class Core:
             cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
             if not cand:
                 break
-            best, bp = min(cand.items(), key=lambda kv: (-kv[1], kv[0]))
+            best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
             if best == STOP or bp < min_confidence:
                 break
             out += self._payload(best)
@@ -276,6 +280,11 @@ cdef class Core:
         for v in range(self.g.n_nodes):
             out[v] = self.g.nodes[v].count
         return out
+
+    def _tie_key(self, uint32_t v):
+        """Equal probabilities are ordered by (payload, port), never by id, so graphs holding the
+        same patterns under different ids (merged, reloaded) decide identically."""
+        return (self._payload(v), self.g.nodes[v].port)
 
     def node_payload(self, uint32_t v):
         if v >= self.g.n_nodes:
@@ -471,13 +480,13 @@ cdef class Core:
         return dict(nodes=nodes, arena=arena, contexts=ctxs, edges=edges, counters=counters,
                     capacities=capacities)
 
-    def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, dict capacities):
+    def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count.
-        Raises CorruptBrainError (the Core stays empty and consistent) on any inconsistency."""
+        capacities=None sizes the tables to fit (merge); saved capacities are checked for
+        plausibility first. Raises CorruptBrainError (the Core stays empty and consistent) on any
+        inconsistency."""
         cdef GraphC* g = &self.g
-        cdef uint32_t v, c, e, nn = len(nodes), nc = len(ctxs), ne = len(edges)
-        cdef uint64_t off = 0
-        cdef uint32_t need_trie = 1
+        cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:
             raise ValueError("import_state needs an empty Core")
         if nn < N_BASE or nn > g.max_nodes or ne > g.max_edges:
@@ -485,15 +494,24 @@ cdef class Core:
         lengths = np.asarray(nodes["length"], dtype=np.uint64)
         if int(lengths.sum()) != len(arena):
             raise CorruptBrainError("payload lengths do not add up to the arena size")
-        for name, n_items, item in (("nodes", nn, 0), ("contexts", nc, 0), ("edges", ne, 0),
-                                    ("trie", 0, 0), ("arena", len(arena), 0)):
-            cap = int(capacities.get(name, -1))
-            if cap < n_items or cap > 2 * n_items + 4096:
-                raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
-        for name in ("node_index", "context_index", "edge_index", "trie_index"):
-            cap = int(capacities.get(name, -1))
-            if cap < 64 or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
-                raise CorruptBrainError(f"{name} capacity {cap} implausible")
+        if capacities is None:
+            trie = len(arena) + 257
+            capacities = dict(nodes=nn + nn // 8 + 64, contexts=nc + nc // 8 + 64,
+                              edges=min(ne + ne // 8 + 64, g.max_edges), trie=trie,
+                              arena=len(arena) + len(arena) // 8 + 64,
+                              node_index=nn * 5 // 3 + 64, context_index=nc * 5 // 3 + 64,
+                              edge_index=ne * 5 // 3 + 64, trie_index=trie * 5 // 3 + 64)
+            capacities["nodes"] = min(capacities["nodes"], g.max_nodes)
+        else:
+            for name, n_items in (("nodes", nn), ("contexts", nc), ("edges", ne), ("trie", 0),
+                                  ("arena", len(arena))):
+                cap = int(capacities.get(name, -1))
+                if cap < n_items or cap > 2 * n_items + 4096:
+                    raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
+            for name in ("node_index", "context_index", "edge_index", "trie_index"):
+                cap = int(capacities.get(name, -1))
+                if cap < 64 or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
+                    raise CorruptBrainError(f"{name} capacity {cap} implausible")
         try:
             self._load_arrays(nodes, arena, ctxs, edges, capacities)
         except MemoryError as exc:
