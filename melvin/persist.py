@@ -14,7 +14,7 @@ interrupted save leaves the previous brain intact.
 from __future__ import annotations
 
 import json
-import mmap
+import mmap as _mmap
 import os
 import struct
 import tempfile
@@ -177,17 +177,21 @@ def loads(buf, *, limits: Limits | None = None):
     return Graph(use, seed, _core=core)
 
 
-def load(path, *, mmap_file: bool = True):
-    """Load a brain saved by Graph.save(). The file is memory-mapped while it is validated and
-    copied into the graph's own tables. Raises CorruptBrainError on any damage."""
+def load(path, *, mmap: bool = True):
+    """Load a brain saved by Graph.save(). With mmap (the default) the file is memory-mapped while it
+    is validated and copied into the graph's own tables, instead of read into a bytes object first.
+    Raises CorruptBrainError on any damage."""
     with open(os.fspath(path), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorruptBrainError("empty brain file")
-        if not mmap_file:
+        if not mmap:
             return loads(f.read())
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+        try:
+            return loads(mm)
+        finally:
             try:
-                return loads(mm)
-            finally:
-                pass
+                mm.close()
+            except BufferError:
+                pass  # a traceback still holds views into it; the mapping goes when they do

@@ -503,10 +503,11 @@ cdef class Core:
                               edge_index=ne * 5 // 3 + 64, trie_index=trie * 5 // 3 + 64)
             capacities["nodes"] = min(capacities["nodes"], g.max_nodes)
         else:
-            for name, n_items in (("nodes", nn), ("contexts", nc), ("edges", ne), ("trie", 0),
-                                  ("arena", len(arena))):
+            # Trie states are at most one per payload byte plus a root per port.
+            for name, n_items, bound in (("nodes", nn, nn), ("contexts", nc, nc), ("edges", ne, ne),
+                                         ("trie", 0, len(arena) + 257), ("arena", len(arena), len(arena))):
                 cap = int(capacities.get(name, -1))
-                if cap < n_items or cap > 2 * n_items + 4096:
+                if cap < n_items or cap > 2 * bound + 4096:
                     raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
             for name in ("node_index", "context_index", "edge_index", "trie_index"):
                 cap = int(capacities.get(name, -1))
@@ -547,17 +548,17 @@ cdef class Core:
         cdef uint64_t caps[9]
         cdef const uint8_t* ap = arena
         cdef NodeC* nd
-        cdef cnp.uint16_t[:] n_len = np.ascontiguousarray(nodes["length"])
-        cdef cnp.uint8_t[:] n_level = np.ascontiguousarray(nodes["level"])
-        cdef cnp.uint8_t[:] n_port = np.ascontiguousarray(nodes["port"])
-        cdef cnp.uint32_t[:] n_left = np.ascontiguousarray(nodes["left"])
-        cdef cnp.uint32_t[:] n_right = np.ascontiguousarray(nodes["right"])
-        cdef cnp.uint32_t[:] n_count = np.ascontiguousarray(nodes["count"])
-        cdef cnp.uint64_t[:] c_key = np.ascontiguousarray(ctxs["key"])
-        cdef cnp.uint32_t[:] e_ctx = np.ascontiguousarray(edges["ctx"])
-        cdef cnp.uint32_t[:] e_dst = np.ascontiguousarray(edges["dst"])
-        cdef cnp.uint16_t[:] e_count = np.ascontiguousarray(edges["count"])
-        cdef cnp.uint16_t[:] e_stamp = np.ascontiguousarray(edges["stamp"])
+        cdef const cnp.uint16_t[:] n_len = np.ascontiguousarray(nodes["length"])
+        cdef const cnp.uint8_t[:] n_level = np.ascontiguousarray(nodes["level"])
+        cdef const cnp.uint8_t[:] n_port = np.ascontiguousarray(nodes["port"])
+        cdef const cnp.uint32_t[:] n_left = np.ascontiguousarray(nodes["left"])
+        cdef const cnp.uint32_t[:] n_right = np.ascontiguousarray(nodes["right"])
+        cdef const cnp.uint32_t[:] n_count = np.ascontiguousarray(nodes["count"])
+        cdef const cnp.uint64_t[:] c_key = np.ascontiguousarray(ctxs["key"])
+        cdef const cnp.uint32_t[:] e_ctx = np.ascontiguousarray(edges["ctx"])
+        cdef const cnp.uint32_t[:] e_dst = np.ascontiguousarray(edges["dst"])
+        cdef const cnp.uint16_t[:] e_count = np.ascontiguousarray(edges["count"])
+        cdef const cnp.uint16_t[:] e_stamp = np.ascontiguousarray(edges["stamp"])
         for i, name in enumerate(CAPACITY_NAMES):
             caps[i] = int(capacities[name])
         for i, n_items in ((5, nn), (6, nc), (7, ne)):
