@@ -1,5 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The owning extension type: one GraphC, its pool, and the Python surface of the core."""
+import bisect
+
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -9,7 +11,8 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact)
+                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact,
+                                 caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, feed_episode, prob_of, score_episode, prune_to,
                                  is_excluded, excluded_mass, prob_next)
@@ -79,8 +82,14 @@ cdef class Core:
         cdef int rc
         cdef size_t n = data.shape[0]
         cdef const uint8_t* p = &data[0] if n else NULL
+        cdef uint64_t caps[9]
+        caps_snapshot(&self.g, caps)
         with nogil:
             rc = feed_episode(&self.g, p, n, <uint8_t>port)
+            if rc < 0:
+                # What was learned before the failure stays; capacity grown for the step that
+                # failed is given back, so a failure that learned nothing leaves memory unchanged.
+                caps_restore(&self.g, caps)
         if rc < 0:
             self._raise("feeding")
 
@@ -236,10 +245,9 @@ cdef class Core:
         ids = self._parse(p, n, <uint8_t>port, starts)
         ntok = len(ids)
         healed = False
-        for j in range(ntok):
+        # Only a tail no longer than max_payload can lie inside one learned pattern.
+        for j in range(bisect.bisect_left(starts, n - self.g.max_payload if n > self.g.max_payload else 0), ntok):
             rest = bytes(prompt[starts[j]:])
-            if len(rest) > self.g.max_payload:
-                continue
             self._trace_at(&tr, ids, j)
             m = trace_contexts(&self.g, &tr, cis)
             cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port, False).items()
@@ -511,14 +519,18 @@ cdef class Core:
                     raise CorruptBrainError(f"{name} capacity {cap} implausible for {n_items} items")
             for name in ("node_index", "context_index", "edge_index", "trie_index"):
                 cap = int(capacities.get(name, -1))
-                if cap < 64 or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
+                if (cap < 64 and cap != 0) or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
                     raise CorruptBrainError(f"{name} capacity {cap} implausible")
         try:
             self._load_arrays(nodes, arena, ctxs, edges, capacities)
-        except MemoryError as exc:
+        except CapExceeded as exc:
             store_free(g)
             store_init(g)
             raise CorruptBrainError(f"brain does not fit its own limits: {exc}") from None
+        except MemoryError:
+            store_free(g)
+            store_init(g)
+            raise
         except CorruptBrainError:
             store_free(g)
             store_init(g)
@@ -543,7 +555,7 @@ cdef class Core:
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities):
         cdef GraphC* g = &self.g
         cdef uint32_t v, c, e, nn = len(nodes), nc = len(ctxs), ne = len(edges)
-        cdef uint32_t left, right, length
+        cdef uint32_t left, right, length, extra
         cdef uint64_t off = 0
         cdef uint64_t caps[9]
         cdef const uint8_t* ap = arena
@@ -562,7 +574,7 @@ cdef class Core:
         for i, name in enumerate(CAPACITY_NAMES):
             caps[i] = int(capacities[name])
         for i, n_items in ((5, nn), (6, nc), (7, ne)):
-            if caps[i] * 3 < <uint64_t>n_items * 4:
+            if caps[i] * 3 < <uint64_t>n_items * 4 or (caps[i] == 0 and n_items):
                 raise CorruptBrainError(f"{CAPACITY_NAMES[i]} too small for {n_items} items")
         # Allocate exactly the saved capacities (validated), so memory_bytes round-trips.
         if store_alloc_exact(g, caps) < 0:
@@ -610,7 +622,7 @@ cdef class Core:
         rebuild_index(g, 2)
         for v in range(nn):
             length = g.nodes[v].payload_len
-            if g.n_trie + length + 1 > g.cap_trie or \
-                    (g.trie_ix.filled + length + 1) * 4 > g.trie_ix.capacity * 3:
+            extra = length + (1 if g.port_root[g.nodes[v].port] == NONE else 0)
+            if g.n_trie + extra > g.cap_trie or (g.trie_ix.filled + extra) * 4 > g.trie_ix.capacity * 3:
                 raise CorruptBrainError("trie capacity too small for the payloads")
             trie_insert_node(g, v)

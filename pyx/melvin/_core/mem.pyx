@@ -48,7 +48,8 @@ cdef int pool_resize(PoolC* p, void** ptr, size_t old_n, size_t new_n, size_t si
         p.err = ERR_CAP
         p.err_request = new_bytes - old_bytes
         return -1
-    if not _attempt(p):
+    # Shrinking is how failed operations give memory back: it is not a fault-injection point.
+    if new_bytes > old_bytes and not _attempt(p):
         p.err_request = new_bytes
         return -1
     fresh = realloc(ptr[0], new_bytes if new_bytes else 1)

@@ -116,12 +116,14 @@ cdef void _rescale_ctx(GraphC* g, uint32_t ci) noexcept nogil:
 cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t* ci_out,
                 uint32_t* ei_out) noexcept nogil:
     """Count v after the context `key` (already looked up as `ci`, NONE if absent)."""
-    cdef uint32_t ei
+    cdef uint32_t ei = NONE
     if ci == NONE:
-        if reserve_ctxs(g, 1) < 0:
+        # Reserve both before appending either: a failure leaves no empty context behind.
+        if reserve_ctxs(g, 1) < 0 or reserve_edges(g, 1) < 0:
             return -1
         ci = append_ctx(g, key)
-    ei = edge_find(g, ci, v)
+    else:
+        ei = edge_find(g, ci, v)
     if ei == NONE:
         if reserve_edges(g, 1) < 0:
             return -1
@@ -515,8 +517,10 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
         nd = &g.nodes[v]
         if nd.left != NONE:
             nd.left = g.nodes[nd.left].aux
-        if nd.right != NONE:
             nd.right = g.nodes[nd.right].aux
+            if nd.left == NONE or nd.right == NONE:
+                nd.left = NONE            # a pruned component: the payload stays whole
+                nd.right = NONE
     for v in range(g.n_nodes):
         w = g.nodes[v].aux
         if w == NONE:

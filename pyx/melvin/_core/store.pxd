@@ -73,6 +73,10 @@ cdef void rebuild_index(GraphC* g, int kind) noexcept nogil
 # Rebuild every index and the trie from the dense arrays, in place (no allocation).
 cdef void rebuild_indexes(GraphC* g) noexcept nogil
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
+# After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
+# larger of its snapshot capacity and what it now holds, in place (no allocation, cannot fail).
+cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil
+cdef void caps_restore(GraphC* g, uint64_t* caps) noexcept nogil
 # Give back unused capacity (best effort; never fails).
 cdef void shrink_to_fit(GraphC* g) noexcept nogil
 

@@ -366,3 +366,41 @@ cdef void rebuild_index(GraphC* g, int kind) noexcept nogil:
         _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs)
     else:
         _ix_fill(g, &g.edge_ix, 2, g.n_edges)
+
+
+cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil:
+    caps[0] = g.cap_nodes; caps[1] = g.cap_ctxs; caps[2] = g.cap_edges; caps[3] = g.cap_trie
+    caps[4] = g.cap_arena; caps[5] = g.node_ix.capacity; caps[6] = g.ctx_ix.capacity
+    caps[7] = g.edge_ix.capacity; caps[8] = g.trie_ix.capacity
+
+
+cdef void _restore_array(GraphC* g, void** ptr, uint32_t* capacity, uint32_t n, uint64_t old,
+                         size_t itemsize) noexcept nogil:
+    cdef uint64_t want = old if old > n else n
+    if want < capacity[0] and pool_resize(&g.pool, ptr, capacity[0], want, itemsize) == 0:
+        capacity[0] = <uint32_t>want
+
+
+cdef void _restore_index(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t old) noexcept nogil:
+    cdef void* p = ix.slots
+    if old >= ix.capacity or old * 3 < <uint64_t>n * 4 or (old == 0 and n):
+        return
+    if pool_resize(&g.pool, &p, ix.capacity, old, sizeof(uint32_t)) == 0:
+        ix.slots = <uint32_t*>p
+        ix.capacity = old
+        if kind == 3:
+            _ix_fill(g, ix, 3, g.n_trie)
+        else:
+            _ix_fill(g, ix, kind, n)
+
+
+cdef void caps_restore(GraphC* g, uint64_t* caps) noexcept nogil:
+    _restore_array(g, <void**>&g.nodes, &g.cap_nodes, g.n_nodes, caps[0], sizeof(NodeC))
+    _restore_array(g, <void**>&g.ctxs, &g.cap_ctxs, g.n_ctxs, caps[1], sizeof(CtxC))
+    _restore_array(g, <void**>&g.edges, &g.cap_edges, g.n_edges, caps[2], sizeof(EdgeC))
+    _restore_array(g, <void**>&g.trie, &g.cap_trie, g.n_trie, caps[3], sizeof(TrieC))
+    _restore_array(g, <void**>&g.arena, &g.cap_arena, g.n_arena, caps[4], 1)
+    _restore_index(g, &g.node_ix, 0, g.n_nodes, caps[5])
+    _restore_index(g, &g.ctx_ix, 1, g.n_ctxs, caps[6])
+    _restore_index(g, &g.edge_ix, 2, g.n_edges, caps[7])
+    _restore_index(g, &g.trie_ix, 3, g.n_trie, caps[8])
