@@ -238,10 +238,12 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     _lookup_all(g, keys, n, v, found)
     k = 0
     while k < n:
-        # A token context of order k is created only once its order-(k-1) suffix has been seen:
-        # most long contexts occur once, and this keeps them from dominating memory.
-        if k > first_token and not prev_existed:
-            break
+        # A longer context (byte or token) is created only once the next shorter one of its kind
+        # had been seen before: most long contexts occur once, and this keeps them from
+        # dominating memory and time. The shortest byte and token contexts are always counted.
+        if k != 0 and k != first_token and not prev_existed:
+            k += 1
+            continue
         ci = found[k]
         existed = ci != NONE
         if _count(g, keys[k], ci, tr.pending, &ci, &ei) < 0:
@@ -300,13 +302,20 @@ cdef double DISCOUNT = 0.9
 cdef double STRENGTH = 8.0
 
 
-def _set_smoothing(double discount, double strength):
+# A context that has only ever been followed by one token is trusted more (PPM's deterministic
+# contexts): on wiki this lifts next-word recall 0.16 -> 0.59 with long byte contexts at no cost
+# in bits per byte (2.5375 -> 2.5351).
+cdef double DET_STRENGTH = 0.3
+
+
+def _set_smoothing(double discount, double strength, double det_strength=-1):
     """Tuning hook for experiments (tools/bench.py): the interpolation's d and a."""
-    global DISCOUNT, STRENGTH
+    global DISCOUNT, STRENGTH, DET_STRENGTH
     if not (0.0 <= discount < 1.0 and strength > 0.0):
         raise ValueError("need 0 <= discount < 1 and strength > 0")
     DISCOUNT = discount
     STRENGTH = strength
+    DET_STRENGTH = strength if det_strength <= 0 else det_strength
 
 
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil:
@@ -314,7 +323,7 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept n
     mixes in its own counts. Sums to 1 over all nodes."""
     cdef double p = (g.nodes[v].count + 1.0) / (<double>g.total_count + g.n_nodes)
     cdef uint32_t k, ci, ei, c
-    cdef double cd
+    cdef double cd, a
     cdef CtxC* x
     for k in range(n):
         ci = cis[k]
@@ -326,7 +335,8 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept n
         ei = edge_find(g, ci, v)
         c = g.edges[ei].count if ei != NONE else 0
         cd = c - DISCOUNT if c > DISCOUNT else 0.0
-        p = (cd + (STRENGTH + DISCOUNT * x.distinct) * p) / (<double>x.total + STRENGTH)
+        a = DET_STRENGTH if x.distinct == 1 else STRENGTH
+        p = (cd + (a + DISCOUNT * x.distinct) * p) / (<double>x.total + a)
     return p
 
 
@@ -374,7 +384,7 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
     each level's counts, so the excluded mass is the same mixture over the excluded tokens:
     each level's discounted counts weighted by the escape product above it, plus order 0."""
     cdef double beta[MAX_CONTEXT + 8]
-    cdef double weight, total = 0.0, zero = 0.0
+    cdef double weight, total = 0.0, zero = 0.0, strength
     cdef uint32_t k, e, d, s, top
     cdef CtxC* x
     cdef uint8_t port
@@ -388,7 +398,8 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
         beta[k] = 1.0
         if cis[k] != NONE and g.ctxs[cis[k]].total:
             x = &g.ctxs[cis[k]]
-            beta[k] = (STRENGTH + DISCOUNT * x.distinct) / (<double>x.total + STRENGTH)
+            strength = DET_STRENGTH if x.distinct == 1 else STRENGTH
+            beta[k] = (strength + DISCOUNT * x.distinct) / (<double>x.total + strength)
     # Levels from the most specific down, carrying the product of the escapes above.
     weight = 1.0
     k = n
@@ -401,7 +412,8 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
         while e != NONE:
             d = g.edges[e].dst
             if g.edges[e].count > DISCOUNT and is_excluded(g, a, d):
-                total += weight * (g.edges[e].count - DISCOUNT) / (<double>x.total + STRENGTH)
+                total += weight * (g.edges[e].count - DISCOUNT) / (
+                    <double>x.total + (DET_STRENGTH if x.distinct == 1 else STRENGTH))
             e = g.edges[e].next
         weight *= beta[k]
     # Order 0: every token that starts with a minimal extension c of a (a+c is a node, no shorter
