@@ -1,4 +1,8 @@
-"""Command line: `python -m melvin demo | stats | generate`."""
+"""Command line: `python -m melvin demo | stats | generate | train`.
+
+`python -m melvin train INPUT... --out brain.mlv` forwards everything after `train` to
+melvin.train.main (see `python -m melvin train --help`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -68,8 +72,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from melvin.train import main as train_main
+
+    argv = list(args.train_argv)
+    if args.log_level_given and not any(a == "--log-level" or a.startswith("--log-level=") for a in argv):
+        argv += ["--log-level", args.log_level]
+    return train_main(argv)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="melvin", description=__doc__)
+    if argv is None:
+        argv = sys.argv[1:]
+    argv = list(argv)
+    if argv[:1] == ["train"]:
+        # forwarded untouched, so `train --help` and train's own options work as they are
+        from melvin.train import main as train_main
+
+        return train_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="melvin", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log-level", default="WARNING")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="train on CPython's pydoc topics; show stats, bits/byte, generations")
@@ -84,7 +106,14 @@ def main(argv=None) -> int:
     p.add_argument("prompt")
     p.add_argument("--max-bytes", type=int, default=256)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("train", add_help=False,
+                       help="train a brain on files, directories, stdin, compressed files or wiki "
+                            "dumps in bounded memory (see `melvin train --help`)")
+    p.add_argument("train_argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
     args = ap.parse_args(argv)
+    args.log_level_given = any(a == "--log-level" or a.startswith("--log-level=") for a in
+                               argv[:argv.index("train")] if "train" in argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -56,16 +56,36 @@ class Graph:
         """Learn one episode: context starts empty and the sequence ends with a learned STOP."""
         self._core.feed(_as_bytes(data), _port(port))
 
-    def generate(self, prompt=b"", port: int = PORT_TEXT, *, max_bytes: int = 256,
-                 min_confidence: float = 0.0, return_confidence: bool = False):
+    def associate(self, streams: dict) -> None:
+        """Learn one multi-port episode, e.g. {PORT_TEXT: b"dog", PORT_AUDIO: b"..."}: every stream
+        is learned on its own port, bridged to every other, so generate(prompt, port=A,
+        out_port=B) recalls what was associated on B. Same bytes on different ports are different
+        patterns."""
+        if not isinstance(streams, dict) or not streams:
+            raise TypeError("associate takes a non-empty dict {port: bytes}")
+        items = sorted((_port(p), _as_bytes(d, f"stream on port {p}")) for p, d in streams.items())
+        if len(items) == 1:
+            self._core.feed(items[0][1], items[0][0])
+            return
+        for pa, a in items:
+            for pb, b in items:
+                if pa != pb:
+                    self._core.associate_pair(a, pa, b, pb)
+
+    def generate(self, prompt=b"", port: int = PORT_TEXT, *, out_port: int | None = None,
+                 max_bytes: int = 256, min_confidence: float = 0.0,
+                 return_confidence: bool = False):
         """Deterministic greedy continuation of the prompt (the continuation only). Stops at STOP,
-        at a loop, when the best step's probability is below min_confidence, or at max_bytes."""
+        at a loop, when the best step's probability is below min_confidence, or at max_bytes.
+        With out_port, the prompt is read on `port` and the continuation produced on `out_port`
+        (cross-modal recall of what associate() bridged)."""
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
         out, conf = self._core.generate(_as_bytes(prompt, "prompt"), _port(port), max_bytes,
-                                        float(min_confidence))
+                                        float(min_confidence),
+                                        -1 if out_port is None else _port(out_port))
         return (out, conf) if return_confidence else out
 
     def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):

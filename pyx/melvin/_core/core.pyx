@@ -14,7 +14,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, feed_episode, prob_of, score_episode, prune_to,
+                                 add_port, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
                                  is_excluded, excluded_mass, prob_next)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -92,6 +92,21 @@ cdef class Core:
                 caps_restore(&self.g, caps)
         if rc < 0:
             self._raise("feeding")
+
+    def associate_pair(self, const uint8_t[::1] a, int pa, const uint8_t[::1] b, int pb):
+        """Learn one cross-modal episode: a on port pa, then b on port pb."""
+        cdef int rc
+        cdef size_t na = a.shape[0], nb = b.shape[0]
+        cdef const uint8_t* ap = &a[0] if na else NULL
+        cdef const uint8_t* bp = &b[0] if nb else NULL
+        cdef uint64_t caps[9]
+        caps_snapshot(&self.g, caps)
+        with nogil:
+            rc = feed_bridge(&self.g, ap, na, <uint8_t>pa, bp, nb, <uint8_t>pb)
+            if rc < 0:
+                caps_restore(&self.g, caps)
+        if rc < 0:
+            self._raise("associating")
 
     def prune(self, size_t target_bytes):
         with nogil:
@@ -182,7 +197,8 @@ cdef class Core:
             e = self.g.ctxs[cis[k]].head
             while e != NONE:
                 d = self.g.edges[e].dst
-                if d not in out and (d == STOP or self.g.nodes[d].port == port) and \
+                if d not in out and (d == STOP or (self.g.nodes[d].port == port and
+                                                   self.g.nodes[d].payload_len > 0)) and \
                         not is_excluded(&self.g, a, d):
                     out[d] = prob_of(&self.g, cis, m, d) / norm
                 e = self.g.edges[e].next
@@ -204,7 +220,8 @@ cdef class Core:
         # Unobserved tokens share the order-0 floor; the most frequent of them can still rank.
         counts = self.node_counts()
         for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k + 64]:
-            if v not in cand and not is_excluded(&self.g, tr.ids[0], <uint32_t>v):
+            if v not in cand and not is_excluded(&self.g, tr.ids[0], <uint32_t>v) and \
+                    (v == STOP or self.g.nodes[v].payload_len > 0):
                 cand[int(v)] = prob_next(&self.g, &tr, cis, m, <uint32_t>v)
         ranked = sorted(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))[:k]
         return [(b"" if v == STOP else self._payload(v), prob) for v, prob in ranked]
@@ -226,7 +243,7 @@ cdef class Core:
         return dist
 
     def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
-                 double min_confidence=0.0):
+                 double min_confidence=0.0, int out_port=-1):
         """Greedy continuation. The prompt's last tokens are re-read ("healed"): the longest prompt
         suffix that a learned token extends, in the context before it, decides the first step, so
         a prompt that ends inside a learned pattern continues that pattern. Returns (bytes, [conf])."""
@@ -245,6 +262,15 @@ cdef class Core:
         ids = self._parse(p, n, <uint8_t>port, starts)
         ntok = len(ids)
         healed = False
+        if out_port >= 0 and out_port != port:
+            # Cross-modal recall: the prompt, then the target port's marker, then that port.
+            if self.g.port_marker[<uint8_t>out_port] == NONE:
+                return bytes(out), confidences
+            self._trace_at(&tr, ids, ntok)
+            trace_push(&tr, self.g.port_marker[<uint8_t>out_port], MAX_CONTEXT)
+            port = out_port
+            healed = True
+            ntok = 0                      # no healing across ports
         # Only a tail no longer than max_payload can lie inside one learned pattern.
         for j in range(bisect.bisect_left(starts, n - self.g.max_payload if n > self.g.max_payload else 0), ntok):
             rest = bytes(prompt[starts[j]:])
@@ -262,7 +288,7 @@ cdef class Core:
             healed = True
             break
         if not healed:
-            self._trace_at(&tr, ids, ntok)
+            self._trace_at(&tr, ids, len(ids))
         seen = set()
         while len(out) < max_bytes:
             state = tuple(tr.ids[i] for i in range(tr.n))
@@ -355,7 +381,8 @@ cdef class Core:
                 raise InvariantError(f"node {v} payload outside the arena")
             if nd.payload_len > g.max_payload or nd.level > g.max_levels:
                 raise InvariantError(f"node {v} exceeds max_payload/max_levels")
-            if nd.poly != poly_bytes(g.arena + nd.payload_off, nd.payload_len) or \
+            if nd.poly != (poly_bytes(g.arena + nd.payload_off, nd.payload_len)
+                           if nd.payload_len or v == STOP else MARKER_POLY()) or \
                     nd.key != node_key(nd.poly, nd.port, nd.payload_len):
                 raise InvariantError(f"node {v} key does not match its payload")
             if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
@@ -363,7 +390,9 @@ cdef class Core:
             if v == STOP:
                 continue
             if nd.payload_len == 0:
-                raise InvariantError(f"node {v} has an empty payload")
+                if g.port_marker[nd.port] != v or nd.level != 0 or nd.state != NONE:
+                    raise InvariantError(f"node {v} has an empty payload but is no port marker")
+                continue
             if (nd.level == 0) != (nd.payload_len == 1):
                 raise InvariantError(f"node {v} level/length mismatch")
             if nd.left != NONE:
@@ -599,7 +628,7 @@ cdef class Core:
             nd.right = right
             nd.count = n_count[v]
             nd.aux = 0
-            nd.poly = poly_bytes(g.arena + off, length)
+            nd.poly = poly_bytes(g.arena + off, length) if length or v == STOP else MARKER_POLY()
             nd.key = node_key(nd.poly, nd.port, length)
             g.total_count += nd.count
             off += length

@@ -120,6 +120,11 @@ cdef inline uint64_t node_key(uint64_t poly, uint8_t port, uint32_t length) noex
     return fmix64(poly ^ fmix64((<uint64_t>port << 32) + length + <uint64_t>0x9e3779b97f4a7c15ULL))
 
 
+cdef inline uint64_t MARKER_POLY() noexcept nogil:
+    # Port markers have no payload; this stands in for its hash so their keys differ from STOP's.
+    return <uint64_t>0x4d41524b45520001ULL
+
+
 cdef inline uint64_t ctx_key_first(uint64_t token_key) noexcept nogil:
     return fmix64(token_key ^ <uint64_t>0x2545f4914f6cdd1dULL)
 

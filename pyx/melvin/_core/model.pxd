@@ -20,6 +20,8 @@ cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil
 cdef int graph_init(GraphC* g) noexcept nogil
 cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
+cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
+                     const uint8_t* b, size_t nb, uint8_t pb) noexcept nogil
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
 cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil

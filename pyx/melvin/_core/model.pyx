@@ -2,7 +2,7 @@
 from libc.string cimport memcpy, memmove, memcmp
 from libc.math cimport log2
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
-from melvin._core.store cimport (trie_child, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+from melvin._core.store cimport (trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest)
 
@@ -37,14 +37,21 @@ cdef inline uint32_t trace_orders(GraphC* g, TraceC* t) noexcept nogil:
 cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept nogil:
     """Context keys, least specific first: byte suffixes of the history (1, 2, ... bytes, stable
     however the history was segmented), then the last 1..n tokens. Returns how many."""
-    cdef uint32_t k, j, i, have = 0, want, n_keys = 0
+    cdef uint32_t k, j, i, have = 0, want, n_keys = 0, n_marks = 0
     cdef uint8_t tail[64]
+    cdef uint32_t mark_at[4]
+    cdef uint64_t mark_key[4]
     cdef NodeC* nd
     want = g.byte_orders[g.n_byte_orders - 1] if g.n_byte_orders else 0
-    # Gather up to `want` trailing bytes, most recent last.
+    # Gather up to `want` trailing bytes, most recent last. Port markers carry no bytes but do
+    # change what follows: a marker inside a context's span salts that context's key.
     i = 0
     while i < t.n and have < want and t.ids[i] != STOP:
         nd = &g.nodes[t.ids[i]]
+        if nd.payload_len == 0 and n_marks < 4:
+            mark_at[n_marks] = have
+            mark_key[n_marks] = nd.key
+            n_marks += 1
         j = nd.payload_len
         while j > 0 and have < want:
             j -= 1
@@ -54,12 +61,16 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
     for k in range(g.n_byte_orders):
         if g.byte_orders[k] <= have:
             keys[n_keys] = ctx_key_bytes(tail + want - g.byte_orders[k], g.byte_orders[k], False)
-            n_keys += 1
-        else:
+        elif i < t.n and t.ids[i] == STOP:
             # Near the start of an episode the whole (short) history is the context.
-            if i < t.n and t.ids[i] == STOP:
-                keys[n_keys] = ctx_key_bytes(tail + want - have, have, True)
-                n_keys += 1
+            keys[n_keys] = ctx_key_bytes(tail + want - have, have, True)
+        else:
+            break
+        for j in range(n_marks):
+            if mark_at[j] < g.byte_orders[k]:
+                keys[n_keys] = fmix64(keys[n_keys] ^ mark_key[j])
+        n_keys += 1
+        if g.byte_orders[k] > have:
             break
     keys[n_keys] = ctx_key_first(g.nodes[t.ids[0]].key)
     n_keys += 1
@@ -165,8 +176,8 @@ cdef void _maybe_form(GraphC* g, uint32_t a, uint32_t b, uint32_t ci, uint32_t e
     cdef uint32_t c, la, lb, length, v
     cdef uint8_t level, port
     cdef uint64_t poly, key
-    if a == STOP or b == STOP:
-        return
+    if a == STOP or b == STOP or g.nodes[a].payload_len == 0 or g.nodes[b].payload_len == 0:
+        return                            # STOP and port markers never fuse
     c = g.edges[ei].count
     if c < g.form_min_count or <uint64_t>c * g.ctxs[ci].distinct < g.ctxs[ci].total:
         return
@@ -275,20 +286,49 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     return 0
 
 
-cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
-    cdef TraceC tr
+cdef int _learn_stream(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
     cdef size_t pos = 0
     cdef uint32_t v, length
-    if g.port_root[port] == NONE and add_port(g, port) < 0:
-        return -1
-    trace_reset(&tr)
     while pos < n:
         v = match_longest(g, port, data + pos, n - pos, &length)
-        if _learn(g, &tr, v) < 0:
+        if _learn(g, tr, v) < 0:
             return -1
         pos += length
         g.bytes_fed += length
-    if _learn(g, &tr, STOP) < 0:
+    return 0
+
+
+cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
+    cdef TraceC tr
+    if g.port_root[port] == NONE and add_port(g, port) < 0:
+        return -1
+    trace_reset(&tr)
+    if _learn_stream(g, &tr, data, n, port) < 0 or _learn(g, &tr, STOP) < 0:
+        return -1
+    g.episodes += 1
+    return 0
+
+
+cdef int ensure_marker(GraphC* g, uint8_t port) noexcept nogil:
+    if g.port_marker[port] != NONE:
+        return 0
+    if reserve_nodes(g, 1, 0) < 0:
+        return -1
+    append_marker(g, port)
+    return 0
+
+
+cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
+                     const uint8_t* b, size_t nb, uint8_t pb) noexcept nogil:
+    """One cross-modal episode: stream a on port pa, pb's marker, stream b on port pb, STOP. The
+    marker's successors learn what each a leads to on pb (byte contexts reach back through it)."""
+    cdef TraceC tr
+    if (g.port_root[pa] == NONE and add_port(g, pa) < 0) or \
+            (g.port_root[pb] == NONE and add_port(g, pb) < 0) or ensure_marker(g, pb) < 0:
+        return -1
+    trace_reset(&tr)
+    if _learn_stream(g, &tr, a, na, pa) < 0 or _learn(g, &tr, g.port_marker[pb]) < 0 or \
+            _learn_stream(g, &tr, b, nb, pb) < 0 or _learn(g, &tr, STOP) < 0:
         return -1
     g.episodes += 1
     return 0

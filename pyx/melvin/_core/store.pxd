@@ -24,6 +24,7 @@ cdef struct GraphC:
     IndexC edge_ix
     IndexC trie_ix
     uint32_t port_root[256]        # trie root state of each port (NONE until the port is used)
+    uint32_t port_marker[256]      # node that switches the episode to this port (NONE until used)
     # limits
     uint32_t max_nodes
     uint32_t max_edges
@@ -59,6 +60,8 @@ cdef int reserve_trie(GraphC* g, uint32_t extra) noexcept nogil
 cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, uint8_t port,
                           uint8_t level, uint32_t left, uint32_t right) noexcept nogil
 cdef uint32_t append_ctx(GraphC* g, uint64_t key) noexcept nogil
+# A port's marker: an empty-payload node that, learned between two streams, bridges them.
+cdef uint32_t append_marker(GraphC* g, uint8_t port) noexcept nogil
 cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil
 # Walks/extends the trie along the node's payload; needs reserve_trie(len + 1) first.
 cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil

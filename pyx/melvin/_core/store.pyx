@@ -7,6 +7,7 @@ cdef int store_init(GraphC* g) noexcept nogil:
     cdef uint32_t i
     for i in range(256):
         g.port_root[i] = NONE
+        g.port_marker[i] = NONE
     return 0
 
 
@@ -84,6 +85,17 @@ cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
             i = 0
     ix.slots[i] = v + 1
     ix.filled += 1
+
+
+cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
+    """Remove the slot of v (only right after inserting it, before anything probes past it)."""
+    cdef uint64_t cap = ix.capacity
+    cdef uint64_t i = fastrange(h, cap)
+    while ix.slots[i] != v + 1:
+        i += 1
+        if i == cap:
+            i = 0
+    ix.slots[i] = 0
 
 
 cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
@@ -187,6 +199,17 @@ cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, ui
     return v
 
 
+cdef uint32_t append_marker(GraphC* g, uint8_t port) noexcept nogil:
+    cdef uint32_t v = append_node(g, NULL, 0, port, 0, NONE, NONE)
+    g.node_ix.filled -= 1                 # re-indexed below under the marker key
+    _ix_unput(&g.node_ix, g.nodes[v].key, v)
+    g.nodes[v].poly = MARKER_POLY()
+    g.nodes[v].key = node_key(MARKER_POLY(), port, 0)
+    _ix_put(&g.node_ix, g.nodes[v].key, v)
+    g.port_marker[port] = v
+    return v
+
+
 cdef uint32_t append_ctx(GraphC* g, uint64_t key) noexcept nogil:
     cdef uint32_t c = g.n_ctxs
     g.ctxs[c].key_lo = <uint32_t>key
@@ -236,7 +259,9 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
     cdef uint32_t weight = n.count + 1
     n.state = NONE
     if n.payload_len == 0:
-        return                            # STOP is not a pattern of any input
+        if node != STOP:
+            g.port_marker[n.port] = node  # markers, like STOP, match no input
+        return
     state = g.port_root[n.port]
     if state == NONE:
         state = _trie_new(g, NONE, n.port)
@@ -286,6 +311,7 @@ cdef void rebuild_indexes(GraphC* g) noexcept nogil:
     # states than it had.
     for p in range(256):
         g.port_root[p] = NONE
+        g.port_marker[p] = NONE
     g.n_trie = 0
     memset(g.trie_ix.slots, 0, g.trie_ix.capacity * sizeof(uint32_t))
     g.trie_ix.filled = 0
@@ -356,6 +382,7 @@ cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil:
     memset(g.trie_ix.slots, 0, caps[8] * sizeof(uint32_t))
     for i in range(256):
         g.port_root[i] = NONE
+        g.port_marker[i] = NONE
     return 0
 
 
