@@ -204,6 +204,39 @@ cdef class Core:
                 e = self.g.edges[e].next
         return out
 
+    def _best_supported(self, dict cand):
+        """Greedy choice for generation. As patterns grow, the same continuation is learned under
+        several segmentations ("s", "st", "stone ", "stone tree"): a candidate's probability
+        partly belongs to its longer extensions. Each prefix's probability flows to the
+        candidates extending it in proportion to theirs, so the continuation the evidence
+        agrees on wins over a short prefix. Returns (node, support)."""
+        pays = {d: (self._payload(d) if d != STOP else None) for d in cand}
+        by_payload = {pays[d]: pr for d, pr in cand.items()}
+        ext = {}
+        for d, pr in cand.items():
+            pay = pays[d]
+            if pay is None:
+                continue
+            for i in range(1, len(pay)):
+                if pay[:i] in by_payload:
+                    ext[pay[:i]] = ext.get(pay[:i], 0.0) + pr
+        best = None
+        best_key = None
+        for d, pr in cand.items():
+            pay = pays[d]
+            support = pr
+            if pay is not None and pay not in ext:      # only leaves collect: a prefix has passed its mass on
+                for i in range(1, len(pay)):
+                    q = pay[:i]
+                    if q in by_payload:
+                        support += by_payload[q] * pr / ext[q]
+            elif pay is not None:
+                support = 0.0
+            key = (-support, -pr, self._tie_key(d))
+            if best_key is None or key < best_key:
+                best, best_key = d, key
+        return best, min(1.0, -best_key[0])
+
     def predict(self, const uint8_t[::1] prompt, int k=5, int port=0):
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
@@ -299,7 +332,7 @@ cdef class Core:
             cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
             if not cand:
                 break
-            best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
+            best, bp = self._best_supported(cand)
             if best == STOP or bp < min_confidence:
                 break
             out += self._payload(best)
