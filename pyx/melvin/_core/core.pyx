@@ -15,7 +15,8 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
-                                 is_excluded, excluded_mass, prob_next)
+                                 is_excluded, excluded_mass, prob_next, SMOOTH_SCORE,
+                                 SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
@@ -200,7 +201,8 @@ cdef class Core:
                 if d not in out and (d == STOP or (self.g.nodes[d].port == port and
                                                    self.g.nodes[d].payload_len > 0)) and \
                         not is_excluded(&self.g, a, d):
-                    out[d] = prob_of(&self.g, cis, m, d) / norm
+                    out[d] = prob_of(&self.g, cis, m, d,
+                                     &SMOOTH_SCORE if exclude else &SMOOTH_RECALL) / norm
                 e = self.g.edges[e].next
         return out
 

@@ -22,7 +22,18 @@ cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
                      const uint8_t* b, size_t nb, uint8_t pb) noexcept nogil
-cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil
+# Interpolation parameters: d (discount) and a (strength), separately for deterministic contexts
+# (one successor so far) and the rest.
+cdef struct SmoothC:
+    double discount
+    double strength
+    double det_discount
+    double det_strength
+
+cdef SmoothC SMOOTH_SCORE       # calibrated probabilities: predict, score
+cdef SmoothC SMOOTH_RECALL      # greedy generation: trusts memorised (deterministic) contexts more
+
+cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
 cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil

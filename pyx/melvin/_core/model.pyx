@@ -336,34 +336,42 @@ cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
 
 # Discounted interpolation (Pitman-Yor / Kneser-Ney style, without continuation counts):
 #   p_k(v) = (max(c - d, 0) + (a + d * D) * p_{k-1}(v)) / (T + a)
-# d and a were chosen on wiki held-out (tools/bench.py): d = 0.9, a = 8 beat Witten-Bell by
-# 0.15 bits/byte once byte-suffix contexts were added.
-cdef double DISCOUNT = 0.9
-cdef double STRENGTH = 8.0
+# Chosen on wiki held-out (tools/bench.py): d = 0.9, a = 8 beat Witten-Bell by 0.15 bits/byte once
+# byte-suffix contexts were added. A context only ever followed by one token is trusted more
+# (PPM's deterministic contexts): a = 0.3 there lifted next-word recall 0.16 -> 0.59 at no cost in
+# bits/byte. Generation also discounts deterministic contexts less (d = 0.3): recall 0.52 -> 0.67,
+# which would cost 0.013 bits/byte if scoring used it, so scoring does not.
+SMOOTH_SCORE.discount = 0.9
+SMOOTH_SCORE.strength = 8.0
+SMOOTH_SCORE.det_discount = 0.9
+SMOOTH_SCORE.det_strength = 0.3
+SMOOTH_RECALL = SMOOTH_SCORE
+SMOOTH_RECALL.det_discount = 0.3
 
 
-# A context that has only ever been followed by one token is trusted more (PPM's deterministic
-# contexts): on wiki this lifts next-word recall 0.16 -> 0.59 with long byte contexts at no cost
-# in bits per byte (2.5375 -> 2.5351).
-cdef double DET_STRENGTH = 0.3
+def _set_smoothing(str which, double discount, double strength, double det_discount,
+                   double det_strength):
+    """Tuning hook for experiments: which = "score" or "recall"."""
+    cdef SmoothC* sm = &SMOOTH_SCORE if which == "score" else &SMOOTH_RECALL
+    if not (0.0 <= discount < 1.0 and 0.0 <= det_discount < 1.0 and strength > 0.0
+            and det_strength > 0.0):
+        raise ValueError("need 0 <= discounts < 1 and strengths > 0")
+    sm.discount = discount
+    sm.strength = strength
+    sm.det_discount = det_discount
+    sm.det_strength = det_strength
 
 
-def _set_smoothing(double discount, double strength, double det_strength=-1):
-    """Tuning hook for experiments (tools/bench.py): the interpolation's d and a."""
-    global DISCOUNT, STRENGTH, DET_STRENGTH
-    if not (0.0 <= discount < 1.0 and strength > 0.0):
-        raise ValueError("need 0 <= discount < 1 and strength > 0")
-    DISCOUNT = discount
-    STRENGTH = strength
-    DET_STRENGTH = strength if det_strength <= 0 else det_strength
+def _get_smoothing(str which):
+    return SMOOTH_SCORE if which == "score" else SMOOTH_RECALL
 
 
-cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept nogil:
+cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil:
     """Interpolated back-off: order 0 with a +1 floor for every node, then each longer context
     mixes in its own counts. Sums to 1 over all nodes."""
     cdef double p = (g.nodes[v].count + 1.0) / (<double>g.total_count + g.n_nodes)
     cdef uint32_t k, ci, ei, c
-    cdef double cd, a
+    cdef double cd, a, dd
     cdef CtxC* x
     for k in range(n):
         ci = cis[k]
@@ -374,9 +382,14 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v) noexcept n
             continue
         ei = edge_find(g, ci, v)
         c = g.edges[ei].count if ei != NONE else 0
-        cd = c - DISCOUNT if c > DISCOUNT else 0.0
-        a = DET_STRENGTH if x.distinct == 1 else STRENGTH
-        p = (cd + (a + DISCOUNT * x.distinct) * p) / (<double>x.total + a)
+        if x.distinct == 1:
+            a = sm.det_strength
+            dd = sm.det_discount
+        else:
+            a = sm.strength
+            dd = sm.discount
+        cd = c - dd if c > dd else 0.0
+        p = (cd + (a + dd * x.distinct) * p) / (<double>x.total + a)
     return p
 
 
@@ -428,6 +441,7 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
     cdef uint32_t k, e, d, s, top
     cdef CtxC* x
     cdef uint8_t port
+    cdef SmoothC* sm = &SMOOTH_SCORE
     if a == STOP:
         return 0.0
     top = g.nodes[a].state
@@ -438,8 +452,10 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
         beta[k] = 1.0
         if cis[k] != NONE and g.ctxs[cis[k]].total:
             x = &g.ctxs[cis[k]]
-            strength = DET_STRENGTH if x.distinct == 1 else STRENGTH
-            beta[k] = (strength + DISCOUNT * x.distinct) / (<double>x.total + strength)
+            if x.distinct == 1:
+                beta[k] = (sm.det_strength + sm.det_discount) / (<double>x.total + sm.det_strength)
+            else:
+                beta[k] = (sm.strength + sm.discount * x.distinct) / (<double>x.total + sm.strength)
     # Levels from the most specific down, carrying the product of the escapes above.
     weight = 1.0
     k = n
@@ -451,9 +467,12 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
         e = x.head
         while e != NONE:
             d = g.edges[e].dst
-            if g.edges[e].count > DISCOUNT and is_excluded(g, a, d):
-                total += weight * (g.edges[e].count - DISCOUNT) / (
-                    <double>x.total + (DET_STRENGTH if x.distinct == 1 else STRENGTH))
+            if x.distinct == 1:
+                strength = g.edges[e].count - sm.det_discount
+                if strength > 0 and is_excluded(g, a, d):
+                    total += weight * strength / (<double>x.total + sm.det_strength)
+            elif g.edges[e].count > sm.discount and is_excluded(g, a, d):
+                total += weight * (g.edges[e].count - sm.discount) / (<double>x.total + sm.strength)
             e = g.edges[e].next
         weight *= beta[k]
     # Order 0: every token that starts with a minimal extension c of a (a+c is a node, no shorter
@@ -482,7 +501,7 @@ cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t
     if is_excluded(g, a, v):
         return 0.0
     z = excluded_mass(g, a, cis, m)
-    return prob_of(g, cis, m, v) / (1.0 - z)
+    return prob_of(g, cis, m, v, &SMOOTH_SCORE) / (1.0 - z)
 
 
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
