@@ -95,6 +95,19 @@ class Graph:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         return self._core.predict(_as_bytes(prompt, "prompt"), k, _port(port))
 
+    def after(self, pattern, k: int = 5, port: int = PORT_TEXT):
+        """What usually follows `pattern`: [(token, weight)], weights from counts and recency
+        (older evidence halves every 64 x 65,536 learned tokens), summing to 1 over all."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        return self._core.after(_as_bytes(pattern, "pattern"), k, _port(port))
+
+    def before(self, pattern, k: int = 5, port: int = PORT_TEXT):
+        """What usually precedes `pattern` (or its first token): [(token, weight)] as in after()."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        return self._core.before(_as_bytes(pattern, "pattern"), k, _port(port))
+
     def score(self, data, port: int = PORT_TEXT) -> float:
         """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
         frozen model: an honest code length, comparable with compressors."""

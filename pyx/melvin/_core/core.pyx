@@ -175,10 +175,13 @@ cdef class Core:
             pos += length
         return ids
 
-    cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j):
-        """The trace the model would have after the first j prompt tokens of an episode."""
+    cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j, bint anchored=True):
+        """The trace the model would have after the first j prompt tokens: of an episode
+        (anchored), or of the same tokens met anywhere in a stream."""
         cdef Py_ssize_t i, first = j - <Py_ssize_t>MAX_CONTEXT
         trace_reset(tr)
+        if not anchored and j > 0:
+            tr.n = 0
         if first < 0:
             first = 0
         for i in range(first, j):
@@ -239,6 +242,78 @@ cdef class Core:
                 best, best_key = d, key
         return best, min(1.0, -best_key[0])
 
+    cdef double _recency(self, uint16_t stamp):
+        """Edges remember their last use (in units of 65,536 learned tokens); older evidence
+        counts half as much every 64 units."""
+        cdef uint16_t now = <uint16_t>(self.g.tokens_fed >> 16)
+        return 2.0 ** (-(<uint16_t>(now - stamp)) / 64.0)
+
+    def after(self, const uint8_t[::1] pattern, int k=5, int port=0):
+        """What usually follows the pattern, met anywhere in a stream: the continuations learned
+        patterns give its tail (as generation's first step sees them), weighted by probability
+        and the recency of their edges, normalised to sum to 1."""
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t m, e, i
+        cdef list starts = []
+        cdef size_t n = pattern.shape[0]
+        if self.g.port_root[<uint8_t>port] == NONE or n == 0:
+            return []
+        ids = self._parse(&pattern[0], n, <uint8_t>port, starts)
+        cand, rest_len = self._heal(&tr, pattern, ids, starts, <uint8_t>port, False)
+        if not cand:
+            self._trace_at(&tr, ids, len(ids), False)
+            m = trace_contexts(&self.g, &tr, cis)
+            cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port, False).items()
+                    if d != STOP}
+            rest_len = 0
+        else:
+            m = trace_contexts(&self.g, &tr, cis)
+        # Recency: each candidate's most recent use in any of these contexts.
+        recent = {}
+        for i in range(m):
+            if cis[i] == NONE:
+                continue
+            e = self.g.ctxs[cis[i]].head
+            while e != NONE:
+                if self.g.edges[e].dst in cand:
+                    r = self._recency(self.g.edges[e].stamp)
+                    recent[self.g.edges[e].dst] = max(recent.get(self.g.edges[e].dst, 0.0), r)
+                e = self.g.edges[e].next
+        weights = {d: pr * recent.get(d, 1.0) for d, pr in cand.items()}
+        total = sum(weights.values())
+        if not total:
+            return []
+        ranked = sorted(weights.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))[:k]
+        return [(self._payload(v)[rest_len:], w / total) for v, w in ranked]
+
+    def before(self, const uint8_t[::1] pattern, int k=5, int port=0):
+        """What usually precedes the pattern (its first token if it is not one pattern): the
+        tokens whose edges lead to it, weighted by count and recency, normalised to sum to 1."""
+        cdef size_t n = pattern.shape[0]
+        cdef const uint8_t* p = &pattern[0] if n else NULL
+        cdef uint32_t v, u, ci, e, length
+        cdef uint64_t key
+        if self.g.port_root[<uint8_t>port] == NONE or n == 0:
+            return []
+        key = node_key(poly_bytes(p, n), <uint8_t>port, <uint32_t>n)
+        v = node_find(&self.g, key, p, <uint32_t>n, <uint8_t>port) if n <= 0xFFFF else NONE
+        if v == NONE:
+            v = match_longest(&self.g, <uint8_t>port, p, n, &length)
+        weights = {}
+        for u in range(self.g.n_nodes):
+            ci = ctx_find(&self.g, ctx_key_first(self.g.nodes[u].key))
+            if ci == NONE:
+                continue
+            e = edge_find(&self.g, ci, v)
+            if e != NONE and u != STOP and self.g.nodes[u].payload_len:
+                weights[u] = self.g.edges[e].count * self._recency(self.g.edges[e].stamp)
+        if not weights:
+            return []
+        total = sum(weights.values())
+        ranked = sorted(weights.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))[:k]
+        return [(self._payload(u), w / total) for u, w in ranked]
+
     def predict(self, const uint8_t[::1] prompt, int k=5, int port=0):
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
@@ -277,6 +352,27 @@ cdef class Core:
             dist[v] = prob_next(&self.g, &tr, cis, m, v)
         return dist
 
+    cdef tuple _heal(self, TraceC* tr, const uint8_t[::1] prompt, list ids, list starts,
+                     uint8_t port, bint anchored):
+        """Re-read the prompt's tail: for the earliest token boundary whose remaining bytes
+        (at most max_payload) some observed successor extends, return those successors with
+        their probabilities and the length of the remainder; tr is left at that boundary.
+        ({}, 0) if no learned pattern continues the tail."""
+        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t m
+        cdef Py_ssize_t j, n = prompt.shape[0]
+        cdef Py_ssize_t first = bisect.bisect_left(starts, n - self.g.max_payload
+                                                   if n > <Py_ssize_t>self.g.max_payload else 0)
+        for j in range(first, len(ids)):
+            rest = bytes(prompt[starts[j]:])
+            self._trace_at(tr, ids, j, anchored)
+            m = trace_contexts(&self.g, tr, cis)
+            cand = {d: pr for d, pr in self._candidates(tr, cis, m, port, False).items()
+                    if d != STOP and self._payload(d).startswith(rest)}
+            if cand:
+                return cand, len(rest)
+        return {}, 0
+
     def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
                  double min_confidence=0.0, int out_port=-1):
         """Greedy continuation. The prompt's last tokens are re-read ("healed"): the longest prompt
@@ -306,22 +402,14 @@ cdef class Core:
             port = out_port
             healed = True
             ntok = 0                      # no healing across ports
-        # Only a tail no longer than max_payload can lie inside one learned pattern.
-        for j in range(bisect.bisect_left(starts, n - self.g.max_payload if n > self.g.max_payload else 0), ntok):
-            rest = bytes(prompt[starts[j]:])
-            self._trace_at(&tr, ids, j)
-            m = trace_contexts(&self.g, &tr, cis)
-            cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port, False).items()
-                    if d != STOP and self._payload(d).startswith(rest)}
-            if not cand:
-                continue
-            best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
-            total = sum(cand.values())
-            out += self._payload(best)[len(rest):]
-            confidences.append(bp / total)
-            trace_push(&tr, best, MAX_CONTEXT)
-            healed = True
-            break
+        if ntok:
+            cand, rest_len = self._heal(&tr, prompt, ids, starts, <uint8_t>port, True)
+            if cand:
+                best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
+                out += self._payload(best)[rest_len:]
+                confidences.append(bp / sum(cand.values()))
+                trace_push(&tr, best, MAX_CONTEXT)
+                healed = True
         if not healed:
             self._trace_at(&tr, ids, len(ids))
         seen = set()

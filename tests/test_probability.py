@@ -1,0 +1,205 @@
+"""predict/score/distribution form one proper, frozen probability model (DESIGN.md "Metrics")."""
+import math
+import random
+
+import pytest
+
+import melvin
+
+STOP = 256
+
+
+@pytest.fixture(scope="module")
+def trained(wiki_lines):
+    g = melvin.Graph()
+    for i, line in enumerate(wiki_lines[:60]):
+        g.feed(line)
+        if i % 10 == 0:
+            g.check()
+    g.check()
+    return g
+
+
+def _random_prompts(lines, n, seed=1234):
+    rng = random.Random(seed)
+    prompts = [b"", b"The ", b"April", b"\x00\xff\xfe", bytes(range(200, 256))]
+    for _ in range(n):
+        line = rng.choice(lines)
+        a = rng.randrange(len(line))
+        prompts.append(line[a:a + rng.randint(1, 40)])
+    return prompts
+
+
+def _tokens(g, data):
+    """Greedy segmentation of data as the model sees it: node ids, without the closing STOP."""
+    return [t[0] for t in g._core.score_detail(data)[:-1]]
+
+
+def _excluded(payloads, a, u):
+    """True if greedy segmentation can never emit u right after a (some a + prefix-of-u is a node)."""
+    if a == STOP or u == STOP:
+        return False
+    pa, pu = payloads[a], payloads[u]
+    known = payloads.set
+    return any(pa + pu[:j] in known for j in range(1, len(pu) + 1))
+
+
+class _Payloads(list):
+    def __init__(self, g):
+        super().__init__(g._core.node_payload(v) for v in range(g.stats()["nodes"]))
+        self.set = set(self[:STOP] + self[STOP + 1:])
+
+
+def test_predict_shape(trained):
+    for prompt in _random_prompts([b"hello world"], 0) + [b"hello", b"The first"]:
+        for k in (0, 1, 3, 5, 50):
+            out = trained.predict(prompt, k=k)
+            assert isinstance(out, list)
+            assert len(out) <= k
+            for tok, p in out:
+                assert isinstance(tok, bytes)
+                assert isinstance(p, float)
+                assert 0.0 < p <= 1.0
+            probs = [p for _, p in out]
+            assert probs == sorted(probs, reverse=True)
+            assert sum(probs) <= 1.0 + 1e-9
+            assert len({tok for tok, _ in out}) == len(out)
+
+
+def test_predict_k_zero_and_default(trained):
+    assert trained.predict(b"The", k=0) == []
+    assert len(trained.predict(b"The")) == 5
+
+
+def test_predict_matches_distribution(trained, wiki_lines):
+    """predict's probabilities are the distribution's entries for the same tokens."""
+    g = trained
+    payloads = _Payloads(g)
+    for prompt in _random_prompts(wiki_lines[:60], 15):
+        dist = g._core.distribution(prompt)
+        by_payload = {payloads[v]: dist[v] for v in range(len(dist))}
+        by_payload[b""] = dist[STOP]
+        top = sorted(dist, reverse=True)[:5]
+        out = g.predict(prompt, k=5)
+        for (tok, p), q in zip(out, top):
+            assert p == pytest.approx(by_payload[tok], rel=1e-9, abs=1e-12), (prompt, tok)
+            assert p == pytest.approx(q, rel=1e-9, abs=1e-12), (prompt, tok)
+
+
+def test_distribution_is_proper(trained, wiki_lines):
+    g = trained
+    payloads = _Payloads(g)
+    for prompt in _random_prompts(wiki_lines[:60], 25):
+        dist = g._core.distribution(prompt)
+        assert len(dist) == g.stats()["nodes"]
+        assert abs(float(dist.sum()) - 1.0) < 1e-9, prompt
+        assert (dist >= 0).all()
+        toks = _tokens(g, prompt)
+        a = toks[-1] if toks else STOP
+        for v in range(len(dist)):
+            # Only a token greedy segmentation can never produce after the prompt may get zero.
+            if dist[v] <= 0:
+                assert _excluded(payloads, a, v), (prompt, v, payloads[v])
+            # Every single byte can always follow (after a token, a byte b is impossible only if
+            # a+b is itself a pattern); the escape path reaches every byte otherwise.
+        for b in range(256):
+            if not _excluded(payloads, a, b):
+                assert dist[b] > 0, (prompt, b)
+
+
+def test_predict_all_tokens_sums_to_one(trained):
+    """predict with k >= node count lists the whole next-token distribution."""
+    n = trained.stats()["nodes"]
+    for prompt in (b"", b"The", b"April is the fourth", b"zzzq"):
+        out = trained.predict(prompt, k=n + 10)
+        total = sum(p for _, p in out)
+        assert total <= 1.0 + 1e-9
+        assert total > 0.999, (prompt, total)
+
+
+def test_score_detail_sums_to_score_bits(trained, heldout_lines):
+    g = trained
+    for line in heldout_lines[:10] + [b"x", b"\x00\x01\x02", b"hello world"]:
+        detail = g._core.score_detail(line)
+        assert detail[-1][0] == STOP
+        assert sum(len(g._core.node_payload(v)) for v, *_ in detail) == len(line)
+        total = sum(bits for _, bits, _, _ in detail)
+        assert total == pytest.approx(g.score_bits(line), abs=1e-6)
+        assert g.score(line) == pytest.approx(total / len(line), abs=1e-9)
+
+
+def test_score_is_minus_log2_of_distribution(trained, heldout_lines):
+    """Each token's code length is -log2 of the distribution after the bytes before it."""
+    g = trained
+    for line in heldout_lines[:6] + [b"hello world", b"The cat sat on the mat."]:
+        line = line[:120]
+        pos = 0
+        for v, bits, hit, present in g._core.score_detail(line):
+            dist = g._core.distribution(line[:pos])
+            assert bits == pytest.approx(-math.log2(dist[v]), abs=1e-6), \
+                (line[:pos], g._core.node_payload(v))
+            assert hit >= 0 and present >= 0 and (present >= 1 or hit == 0)
+            pos += len(g._core.node_payload(v))
+        assert pos == len(line)
+
+
+def test_score_of_unseen_bytes_is_finite(trained):
+    for data in (bytes(range(256)), b"\x00" * 1000, b"\xff\xfe\xfd" * 50, "日本語テキスト".encode(),
+                 bytes(random.Random(5).randrange(256) for _ in range(3000))):
+        s = trained.score(data)
+        assert math.isfinite(s) and s > 0
+    fresh = melvin.Graph()
+    assert math.isfinite(fresh.score(b"anything at all"))
+    # an unseen port costs something finite too
+    assert math.isfinite(trained.score(b"abc", port=7))
+
+
+def test_score_rejects_empty(trained):
+    with pytest.raises(ValueError):
+        trained.score(b"")
+
+
+def test_queries_leave_the_model_frozen(trained, heldout_lines):
+    g = trained
+    before = g.stats()
+    state = g._core.export_state()
+    for line in heldout_lines[:20]:
+        g.score(line)
+        g.score_bits(line)
+        g.predict(line[:30], k=10)
+        g.generate(line[:20], max_bytes=64)
+        g._core.distribution(line[:15])
+        g._core.score_detail(line[:50])
+    g.generate(b"", max_bytes=500)
+    g.predict(b"abc", port=9)      # unseen port: must not create it
+    g.score(b"abc", port=9)
+    g.generate(b"abc", port=9)
+    assert g.stats() == before
+    after = g._core.export_state()
+    for key in ("nodes", "contexts", "edges"):
+        assert (after[key] == state[key]).all(), key
+    assert after["arena"] == state["arena"]
+    assert after["counters"] == state["counters"]
+    g.check()
+
+
+def test_deterministic(wiki_lines):
+    outs = []
+    for _ in range(2):
+        g = melvin.Graph(seed=0)
+        for line in wiki_lines[:20]:
+            g.feed(line)
+        outs.append((g.stats(), g.generate(b"The "), g.predict(b"April", k=7),
+                     g.score(wiki_lines[30])))
+    assert outs[0] == outs[1]
+
+
+def test_generate_confidence_and_limits(trained):
+    out, conf = trained.generate(b"April", return_confidence=True, max_bytes=40)
+    assert isinstance(out, bytes) and len(out) <= 40
+    assert all(0.0 < c <= 1.0 for c in conf)
+    assert trained.generate(b"April", max_bytes=0) == b""
+    assert len(trained.generate(b"April", max_bytes=3)) <= 3
+    # an impossible confidence requirement stops generation at once (no step reaches it)
+    strict = trained.generate(b"April", min_confidence=1.0)
+    assert len(strict) <= len(trained.generate(b"April"))
