@@ -73,19 +73,25 @@ class Graph:
                     self._core.associate_pair(a, pa, b, pb)
 
     def generate(self, prompt=b"", port: int = PORT_TEXT, *, out_port: int | None = None,
-                 max_bytes: int = 256, min_confidence: float = 0.0,
+                 max_bytes: int = 256, min_confidence: float = 0.0, stop_ratio: float = 0.0,
                  return_confidence: bool = False):
         """Deterministic greedy continuation of the prompt (the continuation only). Stops at STOP,
         at a loop, when the best step's probability is below min_confidence, or at max_bytes.
         With out_port, the prompt is read on `port` and the continuation produced on `out_port`
-        (cross-modal recall of what associate() bridged)."""
+        (cross-modal recall of what associate() bridged). stop_ratio > 0 also stops at a step whose
+        confidence is below stop_ratio times the geometric mean of the steps before it (the
+        adaptive threshold; measured by tools/eval.py). return_confidence adds the per-step
+        confidences (the probability support of each step)."""
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes must be a non-negative int, got {max_bytes!r}")
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        if not 0.0 <= float(stop_ratio) <= 1.0:
+            raise ValueError(f"stop_ratio must be in [0, 1], got {stop_ratio!r}")
         out, conf = self._core.generate(_as_bytes(prompt, "prompt"), _port(port), max_bytes,
                                         float(min_confidence),
-                                        -1 if out_port is None else _port(out_port))
+                                        -1 if out_port is None else _port(out_port),
+                                        float(stop_ratio))
         return (out, conf) if return_confidence else out
 
     def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):

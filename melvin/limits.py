@@ -75,6 +75,7 @@ class Limits:
     byte_context: lengths of the byte-suffix contexts (the last n bytes, however they were
         segmented), used as back-off levels below the token contexts; () disables them.
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
+    hierarchy: ablation switch; False keeps every token a single byte.
     embedding_dims, max_transformers, transformer_min_uses, max_heads: caps of the embedding and
         edge-attention mechanisms; accepted and validated, but those mechanisms are not built yet.
     """
@@ -86,6 +87,7 @@ class Limits:
     max_levels: int = 16
     context_len: int = 1
     hierarchy_min_count: int = 2
+    hierarchy: bool = True
     byte_context: tuple = (3, 6)
     embedding_dims: int = 16
     max_transformers: int = 1 << 16
@@ -105,6 +107,8 @@ class Limits:
             raise ValueError(f"byte_context: up to 8 ascending lengths in [1, 64] (or an int n for "
                              f"1..n), got {self.byte_context!r}")
         object.__setattr__(self, "byte_context", tuple(bc))
+        if not isinstance(self.hierarchy, bool):
+            raise ValueError(f"hierarchy: expected True or False, got {self.hierarchy!r}")
         for name, (lo, hi) in _RANGES.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -115,7 +119,8 @@ class Limits:
     def core_kwargs(self) -> dict:
         return dict(max_memory=self.max_memory, max_nodes=self.max_nodes, max_edges=self.max_edges,
                     max_payload=self.max_payload, max_levels=self.max_levels,
-                    context_len=self.context_len, form_min_count=self.hierarchy_min_count,
+                    context_len=self.context_len,
+                    form_min_count=self.hierarchy_min_count if self.hierarchy else 0xFFFFFFFF,
                     byte_orders=tuple(self.byte_context))
 
     def to_dict(self) -> dict:

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The owning extension type: one GraphC, its pool, and the Python surface of the core."""
 import bisect
+import math
 
 import numpy as np
 cimport numpy as cnp
@@ -374,7 +375,7 @@ cdef class Core:
         return {}, 0
 
     def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
-                 double min_confidence=0.0, int out_port=-1):
+                 double min_confidence=0.0, int out_port=-1, double stop_ratio=0.0):
         """Greedy continuation. The prompt's last tokens are re-read ("healed"): the longest prompt
         suffix that a learned token extends, in the context before it, decides the first step, so
         a prompt that ends inside a learned pattern continues that pattern. Returns (bytes, [conf])."""
@@ -413,6 +414,9 @@ cdef class Core:
         if not healed:
             self._trace_at(&tr, ids, len(ids))
         seen = set()
+        log_sum = 0.0
+        for c in confidences:
+            log_sum += math.log(max(c, 1e-300))
         while len(out) < max_bytes:
             state = tuple(tr.ids[i] for i in range(tr.n))
             if state in seen:
@@ -425,6 +429,12 @@ cdef class Core:
             best, bp = self._best_supported(cand)
             if best == STOP or bp < min_confidence:
                 break
+            # Adaptive stop: a step far less certain than this generation has been so far (the
+            # geometric mean of its confidences) means the memorised or predictable part ended.
+            if stop_ratio > 0.0 and confidences and \
+                    bp < stop_ratio * math.exp(log_sum / len(confidences)):
+                break
+            log_sum += math.log(max(bp, 1e-300))
             out += self._payload(best)
             confidences.append(bp)
             trace_push(&tr, best, MAX_CONTEXT)
