@@ -238,35 +238,64 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, uint32_
                 prefetch(&g.edge_ix.slots[fastrange(edge_hash(found[k], v), g.edge_ix.capacity)])
 
 
+cdef bint UPDATE_EXCLUSION = True
+
+
+def _set_update_exclusion(bint on):
+    """Experiment hook (tools/eval.py)."""
+    global UPDATE_EXCLUSION
+    UPDATE_EXCLUSION = on
+
+
+cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32_t keep,
+                    uint32_t v, uint32_t* plan, uint32_t n_plan) noexcept nogil:
+    """Which contexts of one chain (lo..hi-1, each more specific than the last) learn v.
+    A longer context is created only once the next shorter one had been seen: most long contexts
+    occur once, and this keeps them from dominating memory and time. With update exclusion (PPM)
+    the walk goes from the most specific down and stops after the first context that had already
+    seen v, so shorter contexts count novel continuations (as Kneser-Ney's lower orders do) and
+    repeated text costs fewer probes. `keep` (the order-1 token context, which drives hierarchy
+    formation) is always counted."""
+    cdef uint32_t k = hi
+    cdef bint stopped = False
+    while k > lo:
+        k -= 1
+        if k > lo and found[k] == NONE and found[k - 1] == NONE:
+            continue
+        if stopped and k != keep:
+            continue
+        plan[n_plan] = k
+        n_plan += 1
+        if UPDATE_EXCLUSION and found[k] != NONE and edge_find(g, found[k], v) != NONE:
+            stopped = True
+    return n_plan
+
+
 cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint64_t keys[MAX_CONTEXT + 8]
     cdef uint32_t found[MAX_CONTEXT + 8]
-    cdef uint32_t n, k, ci, ei, first_token
-    cdef bint existed, prev_existed = True, pruned = False
+    cdef uint32_t plan[MAX_CONTEXT + 8]
+    cdef uint32_t n, k, i, ci, ei, first_token, n_plan
+    cdef bint pruned = False
     tr.pending = v
     n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
     _lookup_all(g, keys, n, v, found)
-    k = 0
-    while k < n:
-        # A longer context (byte or token) is created only once the next shorter one of its kind
-        # had been seen before: most long contexts occur once, and this keeps them from
-        # dominating memory and time. The shortest byte and token contexts are always counted.
-        if k != 0 and k != first_token and not prev_existed:
-            k += 1
-            continue
-        ci = found[k]
-        existed = ci != NONE
-        if _count(g, keys[k], ci, tr.pending, &ci, &ei) < 0:
+    n_plan = _plan(g, found, 0, first_token, NONE, v, plan, 0)
+    n_plan = _plan(g, found, first_token, n, first_token, v, plan, n_plan)
+    i = 0
+    while i < n_plan:
+        k = plan[i]
+        if _count(g, keys[k], found[k], tr.pending, &ci, &ei) < 0:
             if pruned or _auto_prune(g, tr) < 0:
                 return -1
             pruned = True
             _lookup_all(g, keys, n, tr.pending, found)   # dense positions moved
             continue                      # keys are stable across pruning; ids were remapped
+        found[k] = ci
         if k == first_token:
             _maybe_form(g, tr.ids[0], tr.pending, ci, ei)
-        prev_existed = existed
-        k += 1
+        i += 1
     v = tr.pending
     # Age all counts before any counter or trie aggregate could wrap.
     if g.nodes[v].count >= 0xFFFFFFF0u or g.total_count + g.n_nodes >= 0xFFFFFF00u:
