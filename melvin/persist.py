@@ -9,10 +9,12 @@ Layout (all little-endian):
 Loading validates the table, every checksum, every record count against its section length, and
 then every id and offset (in the core) before the graph is used; any damage raises
 CorruptBrainError. Saving writes a temp file, fsyncs it and renames it over the target, so an
-interrupted save leaves the previous brain intact.
+interrupted save leaves the previous brain intact. Saves stream in chunks of 2**20 records, so
+their transient memory does not grow with the brain.
 """
 from __future__ import annotations
 
+import io
 import json
 import mmap as _mmap
 import os
@@ -35,45 +37,68 @@ _SECTIONS = ("limits", "meta", "nodes", "arena", "contexts", "edges")
 _JSON_MAX = 1 << 16
 
 
-def _sections(graph) -> dict[str, bytes]:
-    state = graph._core.export_state()
-    meta = dict(seed=graph.seed, counters=state["counters"], capacities=state["capacities"],
-                counts=dict(nodes=len(state["nodes"]), contexts=len(state["contexts"]),
-                            edges=len(state["edges"])))
-    return {
+_CHUNK = 1 << 20  # records per chunk: a save's transient memory is a few MB at any brain size
+
+
+def _chunks(core, kind: str, count: int):
+    for start in range(0, count, _CHUNK):
+        chunk = core.export_range(kind, start, min(count, start + _CHUNK))
+        yield chunk if isinstance(chunk, bytes) else chunk.tobytes()
+
+
+def write(graph, f) -> None:
+    """Stream the brain to a seekable binary file: header, a placeholder table, the sections in
+    bounded chunks (checksummed on the way), then the real table."""
+    core = graph._core
+    counts = core.export_counts()
+    counters, capacities = core.export_meta()
+    meta = dict(seed=graph.seed, counters=counters, capacities=capacities,
+                counts={k: counts[k] for k in ("nodes", "contexts", "edges")})
+    small = {
         "limits": json.dumps(graph.limits.to_dict(), sort_keys=True).encode(),
         "meta": json.dumps(meta, sort_keys=True).encode(),
-        "nodes": state["nodes"].tobytes(),
-        "arena": state["arena"],
-        "contexts": state["contexts"].tobytes(),
-        "edges": state["edges"].tobytes(),
     }
+    base = f.tell()
+    table_len = len(_SECTIONS) * _ENTRY.size
+    f.write(_HEAD.pack(MAGIC, VERSION, len(_SECTIONS)))
+    f.write(b"\0" * (table_len + _CRC.size))
+    offset = _HEAD.size + table_len + _CRC.size
+    table = []
+    for name in _SECTIONS:
+        if name in small:
+            parts = [small[name]]
+        elif name == "arena":
+            parts = _chunks(core, "arena", counts["arena"])
+        else:
+            parts = _chunks(core, name, counts[name])
+        crc, length = 0, 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+            length += len(part)
+            f.write(part)
+        table.append(_ENTRY.pack(name.encode().ljust(8, b"\0"), offset, length, crc, 0))
+        offset += length
+    end = f.tell()
+    table_bytes = b"".join(table)
+    f.seek(base + _HEAD.size)
+    f.write(table_bytes)
+    f.write(_CRC.pack(zlib.crc32(table_bytes)))
+    f.seek(end)
 
 
 def dumps(graph) -> bytes:
-    """The brain as bytes (what save() writes)."""
-    sections = _sections(graph)
-    table_len = len(_SECTIONS) * _ENTRY.size
-    offset = _HEAD.size + table_len + _CRC.size
-    table, body = [], []
-    for name in _SECTIONS:
-        data = sections[name]
-        table.append(_ENTRY.pack(name.encode().ljust(8, b"\0"), offset, len(data),
-                                 zlib.crc32(data), 0))
-        body.append(data)
-        offset += len(data)
-    table_bytes = b"".join(table)
-    return b"".join([_HEAD.pack(MAGIC, VERSION, len(_SECTIONS)), table_bytes,
-                     _CRC.pack(zlib.crc32(table_bytes))] + body)
+    """The brain as bytes (exactly what save() writes)."""
+    buf = io.BytesIO()
+    write(graph, buf)
+    return buf.getvalue()
 
 
 def save(graph, path: str) -> None:
-    data = dumps(graph)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".melvin-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(graph, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -502,6 +502,10 @@ _KILL_SCRIPT = textwrap.dedent("""
                 return self
             def __exit__(self, *exc):
                 return False
+            def tell(self):
+                return self.f.tell()
+            def seek(self, *a):
+                return self.f.seek(*a)
             def write(self, data):
                 self.f.write(data[: len(data) // 2])
                 self.f.flush()

@@ -606,6 +606,86 @@ cdef class Core:
         return True
 
     # --- persistence support -------------------------------------------------------------------
+    def export_counts(self):
+        """Record counts, counters and capacities (what the brain file's meta section holds)."""
+        return dict(nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
+                    arena=self.g.n_arena)
+
+    def export_range(self, str kind, uint32_t start, uint32_t stop):
+        """Records [start, stop) of "nodes", "contexts" or "edges" in their file layout, or the
+        payload bytes of "arena": lets a save stream a brain in bounded chunks."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t v, i
+        if kind == "arena":
+            stop = min(stop, g.n_arena)
+            return bytes((<char*>g.arena)[start:stop]) if stop > start else b""
+        if kind == "nodes":
+            stop = min(stop, g.n_nodes)
+            out = np.zeros(max(stop, start) - start, dtype=NODE_DTYPE)
+            if stop > start:
+                self._fill_nodes(out, start, stop)
+            return out
+        if kind == "contexts":
+            stop = min(stop, g.n_ctxs)
+            out = np.zeros(max(stop, start) - start, dtype=CTX_DTYPE)
+            if stop > start:
+                self._fill_ctxs(out, start, stop)
+            return out
+        if kind == "edges":
+            stop = min(stop, g.n_edges)
+            out = np.zeros(max(stop, start) - start, dtype=EDGE_DTYPE)
+            if stop > start:
+                self._fill_edges(out, start, stop)
+            return out
+        raise ValueError(f"unknown kind {kind!r}")
+
+    cdef _fill_nodes(self, out, uint32_t start, uint32_t stop):
+        cdef cnp.uint16_t[:] n_len = out["length"]
+        cdef cnp.uint8_t[:] n_level = out["level"]
+        cdef cnp.uint8_t[:] n_port = out["port"]
+        cdef cnp.uint32_t[:] n_left = out["left"]
+        cdef cnp.uint32_t[:] n_right = out["right"]
+        cdef cnp.uint32_t[:] n_count = out["count"]
+        cdef uint32_t v
+        for v in range(start, stop):
+            n_len[v - start] = self.g.nodes[v].payload_len
+            n_level[v - start] = self.g.nodes[v].level
+            n_port[v - start] = self.g.nodes[v].port
+            n_left[v - start] = self.g.nodes[v].left
+            n_right[v - start] = self.g.nodes[v].right
+            n_count[v - start] = self.g.nodes[v].count
+
+    cdef _fill_ctxs(self, out, uint32_t start, uint32_t stop):
+        cdef cnp.uint64_t[:] c_key = out["key"]
+        cdef uint32_t v
+        for v in range(start, stop):
+            c_key[v - start] = ctx_key(&self.g.ctxs[v])
+
+    def export_meta(self):
+        """Counters and table capacities (with export_counts, the meta section of a brain)."""
+        cdef GraphC* g = &self.g
+        counters = dict(bytes_fed=g.bytes_fed, tokens_fed=g.tokens_fed, episodes=g.episodes,
+                        formed=g.formed, pruned_nodes=g.pruned_nodes, pruned_edges=g.pruned_edges,
+                        pruned_contexts=g.pruned_ctxs, prunes=g.prunes,
+                        peak_memory_bytes=g.pool.peak)
+        capacities = dict(nodes=g.cap_nodes, contexts=g.cap_ctxs, edges=g.cap_edges,
+                          trie=g.cap_trie, arena=g.cap_arena, node_index=g.node_ix.capacity,
+                          context_index=g.ctx_ix.capacity, edge_index=g.edge_ix.capacity,
+                          trie_index=g.trie_ix.capacity)
+        return counters, capacities
+
+    cdef _fill_edges(self, out, uint32_t start, uint32_t stop):
+        cdef cnp.uint32_t[:] e_ctx = out["ctx"]
+        cdef cnp.uint32_t[:] e_dst = out["dst"]
+        cdef cnp.uint16_t[:] e_count = out["count"]
+        cdef cnp.uint16_t[:] e_stamp = out["stamp"]
+        cdef uint32_t v
+        for v in range(start, stop):
+            e_ctx[v - start] = self.g.edges[v].ctx
+            e_dst[v - start] = self.g.edges[v].dst
+            e_count[v - start] = self.g.edges[v].count
+            e_stamp[v - start] = self.g.edges[v].stamp
+
     def export_state(self):
         """Arrays and counters that fully describe the graph (indexes and lists are derived)."""
         cdef GraphC* g = &self.g
