@@ -1,0 +1,125 @@
+"""Behaviour tests for the mechanisms beyond the core scenarios: cross-modal recall, temporal
+queries, confidence and adaptive stopping."""
+import random
+
+import pytest
+
+import melvin
+
+
+def _pairs(n=50, seed=1):
+    rng = random.Random(seed)
+    words = ("red green blue cat dog bird fish tree river stone cloud fire water sun moon star "
+             "wind rain snow leaf").split()
+    return [(" ".join(rng.choice(words) for _ in range(3)) + f" {i}",
+             bytes(rng.randrange(256) for _ in range(16))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bridged():
+    pairs = _pairs()
+    g = melvin.Graph()
+    for _ in range(5):
+        for text, blob in pairs:
+            g.associate({melvin.PORT_TEXT: text, melvin.PORT_SENSOR: blob})
+    g.check()
+    return g, pairs
+
+
+def test_cross_modal_text_to_binary(bridged):
+    g, pairs = bridged
+    hits = sum(g.generate(t, port=melvin.PORT_TEXT, out_port=melvin.PORT_SENSOR, max_bytes=64) == b
+               for t, b in pairs)
+    assert hits >= 0.95 * len(pairs)
+
+
+def test_cross_modal_binary_to_text(bridged):
+    g, pairs = bridged
+    hits = sum(g.generate(b, port=melvin.PORT_SENSOR, out_port=melvin.PORT_TEXT, max_bytes=64)
+               == t.encode() for t, b in pairs)
+    assert hits >= 0.95 * len(pairs)
+
+
+def test_cross_modal_survives_save_load(bridged):
+    g, pairs = bridged
+    g2 = melvin.persist.loads(melvin.persist.dumps(g))
+    g2.check()
+    for t, b in pairs[:10]:
+        assert g2.generate(t, out_port=melvin.PORT_SENSOR, max_bytes=64) == b
+
+
+def test_same_bytes_on_different_ports_are_different_patterns():
+    g = melvin.Graph()
+    for _ in range(10):
+        g.feed(b"abcabc", port=melvin.PORT_TEXT)
+        g.feed(b"xyzxyz", port=melvin.PORT_AUDIO)
+    g.check()
+    assert g.generate(b"abc", port=melvin.PORT_TEXT) == b"abc"
+    assert g.generate(b"abc", port=melvin.PORT_AUDIO) != b"abc"
+    assert g.generate(b"xyz", port=melvin.PORT_AUDIO) == b"xyz"
+
+
+def test_associate_single_port_is_feed():
+    a, b = melvin.Graph(), melvin.Graph()
+    a.associate({melvin.PORT_TEXT: b"hello"})
+    b.feed(b"hello")
+    assert melvin.persist.dumps(a) == melvin.persist.dumps(b)
+
+
+def test_associate_rejects_bad_streams():
+    g = melvin.Graph()
+    with pytest.raises(TypeError):
+        g.associate([b"x"])
+    with pytest.raises(ValueError):
+        g.associate({300: b"x"})
+
+
+def test_temporal_after_and_before():
+    g = melvin.Graph()
+    for _ in range(15):
+        g.feed("first then second then third then done")
+    after = g.after("first then")
+    assert after and after[0][0].startswith(b" second")
+    assert abs(sum(w for _, w in g.after("first then", k=100)) - 1.0) < 1e-9
+    before = g.before("second")
+    assert before and any(tok.endswith(b"then ") for tok, _ in before)
+    assert g.after("never seen pattern zzz") == [] or all(w >= 0 for _, w in g.after("zzz"))
+
+
+def test_before_weights_follow_counts():
+    g = melvin.Graph(melvin.Limits(hierarchy=False))
+    for _ in range(30):
+        g.feed(b"ax")
+    for _ in range(10):
+        g.feed(b"bx")
+    ranked = g.before(b"x")
+    assert [tok for tok, _ in ranked[:2]] == [b"a", b"b"]
+    assert ranked[0][1] == pytest.approx(0.75)
+
+
+def test_confidence_is_reported_per_step():
+    g = melvin.Graph()
+    for _ in range(20):
+        g.feed("the cat sat on the mat")
+    out, conf = g.generate("the cat", return_confidence=True)
+    assert out == b" sat on the mat"
+    assert conf and all(0.0 < c <= 1.0 for c in conf)
+
+
+def test_adaptive_stop_ends_where_confidence_collapses():
+    g = melvin.Graph()
+    for _ in range(20):
+        g.feed("alpha beta gamma delta")
+    for i in range(40):
+        g.feed(f"delta {i} {i * 7 % 13} noise {i * 3}")
+    full = g.generate("alpha", max_bytes=200)
+    stopped, conf = g.generate("alpha", max_bytes=200, stop_ratio=0.3, return_confidence=True)
+    assert full.startswith(b" beta gamma delta")
+    assert stopped.startswith(b" beta gamma delta")
+    assert len(stopped) <= len(full)
+
+
+def test_stop_ratio_validated():
+    g = melvin.Graph()
+    with pytest.raises(ValueError):
+        g.generate("x", stop_ratio=2.0)
