@@ -418,11 +418,13 @@ cdef class Core:
         for c in confidences:
             log_sum += math.log(max(c, 1e-300))
         while len(out) < max_bytes:
-            state = tuple(tr.ids[i] for i in range(tr.n))
-            if state in seen:
-                break                     # greedy decoding from a repeated state would loop forever
-            seen.add(state)
             m = trace_contexts(&self.g, &tr, cis)
+            # The contexts found are all the next step depends on: meeting the same ones again
+            # means greedy decoding would loop forever.
+            state = tuple(cis[i] for i in range(m))
+            if state in seen:
+                break
+            seen.add(state)
             cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
             if not cand:
                 break

@@ -248,10 +248,13 @@ def _set_update_exclusion(bint on):
 
 
 cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32_t keep,
-                    uint32_t v, uint32_t* plan, uint32_t n_plan) noexcept nogil:
+                    bint gated, uint32_t v, uint32_t* plan, uint32_t n_plan) noexcept nogil:
     """Which contexts of one chain (lo..hi-1, each more specific than the last) learn v.
-    A longer context is created only once the next shorter one had been seen: most long contexts
-    occur once, and this keeps them from dominating memory and time. With update exclusion (PPM)
+    In a gated chain (token contexts) a longer context is created only once the next shorter one
+    had been seen: most long token contexts occur once. Byte contexts are not gated: a sentence
+    seen once is then remembered by its long byte contexts (next-word recall on wiki with
+    (4, 8, 16, 32): 0.53 gated -> 0.83), at equal bits per byte; pruning bounds their memory.
+    With update exclusion (PPM)
     the walk goes from the most specific down and stops after the first context that had already
     seen v, so shorter contexts count novel continuations (as Kneser-Ney's lower orders do) and
     repeated text costs fewer probes. `keep` (the order-1 token context, which drives hierarchy
@@ -260,7 +263,7 @@ cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32
     cdef bint stopped = False
     while k > lo:
         k -= 1
-        if k > lo and found[k] == NONE and found[k - 1] == NONE:
+        if gated and k > lo and found[k] == NONE and found[k - 1] == NONE:
             continue
         if stopped and k != keep:
             continue
@@ -281,8 +284,8 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
     _lookup_all(g, keys, n, v, found)
-    n_plan = _plan(g, found, 0, first_token, NONE, v, plan, 0)
-    n_plan = _plan(g, found, first_token, n, first_token, v, plan, n_plan)
+    n_plan = _plan(g, found, 0, first_token, NONE, False, v, plan, 0)
+    n_plan = _plan(g, found, first_token, n, first_token, True, v, plan, n_plan)
     i = 0
     while i < n_plan:
         k = plan[i]
