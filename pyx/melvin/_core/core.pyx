@@ -617,29 +617,28 @@ cdef class Core:
         """Records [start, stop) of "nodes", "contexts" or "edges" in their file layout, or the
         payload bytes of "arena": lets a save stream a brain in bounded chunks."""
         cdef GraphC* g = &self.g
-        cdef uint32_t v, i
         if kind == "arena":
             stop = min(stop, g.n_arena)
             return bytes((<char*>g.arena)[start:stop]) if stop > start else b""
         if kind == "nodes":
             stop = min(stop, g.n_nodes)
             out = np.zeros(max(stop, start) - start, dtype=NODE_DTYPE)
-            if stop > start:
-                self._fill_nodes(out, start, stop)
-            return out
-        if kind == "contexts":
+        elif kind == "contexts":
             stop = min(stop, g.n_ctxs)
             out = np.zeros(max(stop, start) - start, dtype=CTX_DTYPE)
-            if stop > start:
-                self._fill_ctxs(out, start, stop)
-            return out
-        if kind == "edges":
+        elif kind == "edges":
             stop = min(stop, g.n_edges)
             out = np.zeros(max(stop, start) - start, dtype=EDGE_DTYPE)
-            if stop > start:
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+        if stop > start:
+            if kind == "nodes":
+                self._fill_nodes(out, start, stop)
+            elif kind == "contexts":
+                self._fill_ctxs(out, start, stop)
+            else:
                 self._fill_edges(out, start, stop)
-            return out
-        raise ValueError(f"unknown kind {kind!r}")
+        return out
 
     cdef _fill_nodes(self, out, uint32_t start, uint32_t stop):
         cdef cnp.uint16_t[:] n_len = out["length"]
@@ -690,47 +689,13 @@ cdef class Core:
 
     def export_state(self):
         """Arrays and counters that fully describe the graph (indexes and lists are derived)."""
-        cdef GraphC* g = &self.g
-        cdef uint32_t v
-        nodes = np.zeros(g.n_nodes, dtype=NODE_DTYPE)
-        ctxs = np.zeros(g.n_ctxs, dtype=CTX_DTYPE)
-        edges = np.zeros(g.n_edges, dtype=EDGE_DTYPE)
-        cdef cnp.uint16_t[:] n_len = nodes["length"]
-        cdef cnp.uint8_t[:] n_level = nodes["level"]
-        cdef cnp.uint8_t[:] n_port = nodes["port"]
-        cdef cnp.uint32_t[:] n_left = nodes["left"]
-        cdef cnp.uint32_t[:] n_right = nodes["right"]
-        cdef cnp.uint32_t[:] n_count = nodes["count"]
-        for v in range(g.n_nodes):
-            n_len[v] = g.nodes[v].payload_len
-            n_level[v] = g.nodes[v].level
-            n_port[v] = g.nodes[v].port
-            n_left[v] = g.nodes[v].left
-            n_right[v] = g.nodes[v].right
-            n_count[v] = g.nodes[v].count
-        cdef cnp.uint64_t[:] c_key = ctxs["key"]
-        for v in range(g.n_ctxs):
-            c_key[v] = ctx_key(&g.ctxs[v])
-        cdef cnp.uint32_t[:] e_ctx = edges["ctx"]
-        cdef cnp.uint32_t[:] e_dst = edges["dst"]
-        cdef cnp.uint16_t[:] e_count = edges["count"]
-        cdef cnp.uint16_t[:] e_stamp = edges["stamp"]
-        for v in range(g.n_edges):
-            e_ctx[v] = g.edges[v].ctx
-            e_dst[v] = g.edges[v].dst
-            e_count[v] = g.edges[v].count
-            e_stamp[v] = g.edges[v].stamp
-        arena = bytes((<char*>g.arena)[:g.n_arena]) if g.n_arena else b""
-        counters = dict(bytes_fed=g.bytes_fed, tokens_fed=g.tokens_fed, episodes=g.episodes,
-                        formed=g.formed, pruned_nodes=g.pruned_nodes, pruned_edges=g.pruned_edges,
-                        pruned_contexts=g.pruned_ctxs, prunes=g.prunes,
-                        peak_memory_bytes=g.pool.peak)
-        capacities = dict(nodes=g.cap_nodes, contexts=g.cap_ctxs, edges=g.cap_edges,
-                          trie=g.cap_trie, arena=g.cap_arena, node_index=g.node_ix.capacity,
-                          context_index=g.ctx_ix.capacity, edge_index=g.edge_ix.capacity,
-                          trie_index=g.trie_ix.capacity)
-        return dict(nodes=nodes, arena=arena, contexts=ctxs, edges=edges, counters=counters,
-                    capacities=capacities)
+        counts = self.export_counts()
+        counters, capacities = self.export_meta()
+        return dict(nodes=self.export_range("nodes", 0, counts["nodes"]),
+                    arena=self.export_range("arena", 0, counts["arena"]),
+                    contexts=self.export_range("contexts", 0, counts["contexts"]),
+                    edges=self.export_range("edges", 0, counts["edges"]),
+                    counters=counters, capacities=capacities)
 
     def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count.
