@@ -9,8 +9,8 @@ stream of episodes (bytes) in bounded memory.
             reader.position          # where to resume after this episode (JSON-able)
 
 Sources
-    A path is read as it is; a directory is walked recursively in sorted order (names starting with
-    "." are skipped); "-" is standard input. ``.gz``, ``.bz2``, ``.xz`` and ``.zst`` files are
+    A path is read as it is (a named pipe too); a directory is walked recursively, its regular files
+    sorted by path (names starting with "." are skipped); "-" is standard input. ``.gz``, ``.bz2``, ``.xz`` and ``.zst`` files are
     decompressed on the fly (``.zst`` needs the optional ``zstandard`` package); stdin is sniffed for
     the same formats by its magic bytes. A name ending in ``.xml`` (optionally compressed, e.g.
     ``.xml.bz2``) is a MediaWiki XML dump: its articles (namespace 0, redirects skipped) are turned
@@ -82,7 +82,7 @@ class Source:
     path: str
     compression: str | None = None      # "gz", "bz2", "xz", "zst" or None
     wiki: bool = False                  # a MediaWiki XML dump
-    size: int | None = None             # bytes of the raw file (None for stdin)
+    size: int | None = None             # bytes of the raw file (None for stdin, pipes, devices)
 
     @property
     def name(self) -> str:
@@ -91,6 +91,11 @@ class Source:
     @property
     def is_stdin(self) -> bool:
         return self.path == "-"
+
+    @property
+    def seekable(self) -> bool:
+        """A regular file: it can be fingerprinted and resumed (stdin and pipes cannot)."""
+        return self.size is not None
 
 
 def source_for(path: str) -> Source:
@@ -104,21 +109,23 @@ def source_for(path: str) -> Source:
         stem = base
     wiki = stem.endswith(".xml")
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        size = st.st_size if stat.S_ISREG(st.st_mode) else None
     except OSError:
         size = None
     return Source(path, compression, wiki, size)
 
 
 def _walk(root: str) -> list[str]:
+    """Regular files under root, sorted by path; names starting with "." are skipped."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            out.append(os.path.join(dirpath, name))
-    return out
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not name.startswith(".") and os.path.isfile(path):
+                out.append(path)
+    return sorted(out, key=lambda p: os.path.relpath(p, root).split(os.sep))
 
 
 def _raise_walk_error(exc: OSError):
@@ -136,7 +143,8 @@ def _bad(msg: str, skip_bad: bool, skipped: list | None):
 def collect_sources(paths, *, skip_bad: bool = False, exclude=(), skipped: list | None = None) -> list[Source]:
     """Expand paths (files, directories, "-") into the ordered list of sources to read.
 
-    Directories are walked recursively, sorted by name, skipping names that start with "." and any
+    Directories are walked recursively (regular files, sorted by path: components compared in
+    order), skipping names that start with "." and any
     path in ``exclude`` (e.g. the brain being written). Missing or unreadable paths raise
     InputError, or with skip_bad=True are logged, appended to ``skipped`` and left out."""
     if isinstance(paths, (str, bytes, os.PathLike)):
@@ -610,15 +618,22 @@ class Reader:
 
     def _wiki(self):
         mwxml, mwp = _wiki_modules()
+        from mwxml.element_iterator import ElementIterator
+
         self._opened = Stream(self.source)
         try:
-            dump = mwxml.Dump.from_file(self._opened.stream)
+            top = ElementIterator.from_file(self._opened.stream)
+            dump = mwxml.Dump.from_element(top)
         except Exception as exc:  # noqa: BLE001 - mwxml raises assorted types on bad XML
             raise InputError(f"{self.source.name}: not a readable MediaWiki XML dump "
                              f"({type(exc).__name__}: {exc})") from None
+        # mwxml clears each finished page but leaves it attached to the root element (~100 bytes
+        # a page, gigabytes over a full dump): detach finished pages as we go.
+        root = top.element
         index = 0
         pages = iter(dump)
         while True:
+            del root[:]
             try:
                 page = next(pages)
             except StopIteration:

@@ -9,12 +9,14 @@ XML dumps (.xml, .xml.bz2 ...); see melvin.inputs for what an episode is under e
 Memory. --max-memory is the budget of the whole training process (like KenLM's -S): "80%" of
 physical RAM (the default), "2G", "512M" or bytes. The graph gets
 
-    graph budget = (max_memory - min(FIXED_OVERHEAD, max_memory / 2)) / (1 + SAVE_FACTOR)
+    graph budget = (max_memory - min(FIXED_OVERHEAD, max_memory / 2)) / (1 + RESUME_FACTOR)
 
-where FIXED_OVERHEAD (64 MiB) is the interpreter, numpy and read buffers, and SAVE_FACTOR (0.75)
-is the transient of writing a checkpoint: Graph.save builds two serialized copies of the brain, each
-about 0.37 x memory_bytes (loading on --resume needs about the same). The graph prunes itself
-whenever it reaches its budget, so training never stops for memory. --graph-memory sets the graph
+where FIXED_OVERHEAD (64 MiB) is the interpreter, numpy, read buffers and the streaming save's
+chunks, and RESUME_FACTOR (0.65) is the transient of loading a checkpoint on --resume: melvin.load
+maps the file and copies its records before the graph is built, peaking near 1.6 x memory_bytes
+(measured: a 552 MB graph loads at 853 MB peak RSS). The budget is fixed when training starts and
+saved in the brain, so it must leave room for a later resume. The graph prunes itself whenever it
+reaches its budget, so training never stops for memory. --graph-memory sets the graph
 budget directly instead. Episodes longer than --max-episode (128M) are cut into pieces; one episode
 buffer of up to that size comes on top of the budget.
 
@@ -53,7 +55,7 @@ from melvin.limits import parse_size
 log = logging.getLogger("melvin.train")
 
 FIXED_OVERHEAD = 64 << 20
-SAVE_FACTOR = 0.75
+RESUME_FACTOR = 0.65
 MANIFEST_FORMAT = "melvin-train-manifest"
 MANIFEST_VERSION = 1
 DEFAULT_CHECKPOINT_EVERY = 64 << 20
@@ -67,7 +69,7 @@ def graph_budget(max_memory) -> int:
     """The graph's Limits.max_memory for a process budget (see the module docstring)."""
     total = parse_size(max_memory, "--max-memory")
     overhead = min(FIXED_OVERHEAD, total // 2)
-    budget = int((total - overhead) / (1 + SAVE_FACTOR))
+    budget = int((total - overhead) / (1 + RESUME_FACTOR))
     if total < 2 * FIXED_OVERHEAD:
         log.warning("--max-memory %d bytes is below what the process itself needs (~%d MiB): the "
                     "graph gets %d bytes, peak RSS will exceed the budget", total,
@@ -238,7 +240,7 @@ class Trainer:
         for src in sources:
             rec = {"path": "-" if src.is_stdin else os.path.abspath(src.path),
                    "compression": src.compression, "wiki": src.wiki}
-            if not src.is_stdin:
+            if src.seekable:
                 try:
                     rec.update(fingerprint(src.path))
                 except InputError as exc:
@@ -266,8 +268,8 @@ class Trainer:
 
     def _check_resume_inputs(self, manifest: dict, records: list[dict]):
         old = manifest.get("inputs", [])
-        if any(r["path"] == "-" for r in records):
-            raise TrainError("cannot --resume a run that reads standard input")
+        if any("fingerprint" not in r for r in records):
+            raise TrainError("cannot --resume a run that reads standard input or a pipe")
         old_paths = [r.get("path") for r in old]
         new_paths = [r["path"] for r in records]
         if old_paths != new_paths:
@@ -298,7 +300,7 @@ class Trainer:
             pos = {"item": 0, "offset": 0, "line_start": True, "consumed": 0}
         else:
             pos = reader.position
-        s = self.graph._core.stats()
+        s = self.graph.stats()
         pos.update(input=input_index, bytes=self.bytes_done, episodes=self.episodes_total,
                    graph={"episodes": s["episodes"], "bytes_fed": s["bytes_fed"]})
         return pos
@@ -330,7 +332,7 @@ class Trainer:
         now = time.monotonic()
         if now >= self._next_postfix:
             t0 = time.perf_counter()
-            s = self.graph._core.stats()
+            s = self.graph.stats()
             self._postfix_cost = time.perf_counter() - t0
             bar.set_postfix_str(f"nodes={s['nodes']:,} edges={s['edges']:,} "
                                 f"rss={current_rss() / 1e6:.0f}MB pruned={s['prunes']}", refresh=False)
@@ -342,6 +344,11 @@ class Trainer:
         self._install_signals()
         try:
             return self._run()
+        except KeyboardInterrupt:
+            self._close_bar()
+            print("melvin train: interrupted again; the last completed checkpoint is intact",
+                  file=sys.stderr)
+            return 130
         finally:
             self._restore_signals()
             self._close_bar()
@@ -352,6 +359,13 @@ class Trainer:
         args = self.args
         split = args.split
         max_episode = args.max_episode
+        out_dir = os.path.dirname(self.out)
+        if os.path.isdir(self.out):
+            raise TrainError(f"--out {args.out} is a directory; give a brain file path")
+        if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+            raise TrainError(f"--out {args.out}: directory {out_dir} does not exist or is not writable")
+        if args.eval and not os.access(args.eval, os.R_OK):
+            raise TrainError(f"--eval {args.eval}: no such readable file")
         sources = collect_sources(args.inputs, skip_bad=args.skip_bad,
                                   exclude=[self.out, self.manifest_path], skipped=self.skipped)
         sources, records = self._describe_inputs(sources)
@@ -395,7 +409,7 @@ class Trainer:
                 raise TrainError(f"the checkpoint's graph budget is {self.graph.limits.max_memory} "
                                  f"bytes; the given memory option asks for {want}: refusing to resume "
                                  f"(omit the option to keep the checkpoint's)")
-            s = self.graph._core.stats()
+            s = self.graph.stats()
             have = {"episodes": s["episodes"], "bytes_fed": s["bytes_fed"]}
             pos = None
             for cand in (manifest.get("pending"), manifest.get("position")):
@@ -464,7 +478,7 @@ class Trainer:
         bytes_at_start, episodes_at_start = self.bytes_done, self.episodes_total
         every, limit = self.checkpoint_every, args.limit_bytes
         next_ckpt = (self.bytes_done // every + 1) * every if every else None
-        feed = self.graph._core.feed
+        feed = self.graph.feed
         failed = 0
         stopped = "complete"
         reader = None
@@ -495,7 +509,7 @@ class Trainer:
                 try:
                     for episode in reader:
                         try:
-                            feed(episode, 0)
+                            feed(episode)
                         except MelvinError as exc:
                             failed += 1
                             log.warning("episode %d of %s not learned: %s", self.episodes_total,
@@ -536,16 +550,9 @@ class Trainer:
                     self._update_bar(raw_before)
             if self.signal is not None:
                 stopped = "signal"
-            elif stopped == "complete" and index < len(sources):  # pragma: no cover
-                stopped = "limit"
             train_seconds = time.perf_counter() - t_start
             final_pos = position_now()
             self.checkpoint(final_pos, complete=(stopped == "complete"))
-        except KeyboardInterrupt:
-            self._close_bar()
-            print("melvin train: interrupted again; the last completed checkpoint is intact",
-                  file=sys.stderr)
-            return 130
         finally:
             self._close_bar()
 
@@ -598,8 +605,8 @@ class Trainer:
             ("input bytes", f"{summary['bytes']:,}" + (f"  (total {summary['total_bytes']:,})"
                                                        if summary["resumed"] else "")),
             ("episodes", f"{summary['episodes']:,}"),
-            ("seconds", f"{summary['seconds']:.1f}  (checkpoints {summary['checkpoints']}, "
-                        f"{summary['save_seconds']:.1f} s)"),
+            ("seconds", (f"{summary['seconds']:.1f}  (checkpoints {summary['checkpoints']}, "
+                         f"{summary['save_seconds']:.1f} s)")),
             ("MB/s", f"{summary['mb_per_s']}"),
             ("nodes / contexts / edges",
              f"{summary['nodes']:,} / {summary['contexts']:,} / {summary['edges']:,}"),
@@ -609,8 +616,9 @@ class Trainer:
             ("prunes", f"{summary['prunes']} ({summary['pruned_edges']:,} edges)"),
         ]
         if "bits_per_byte" in summary:
-            rows.append(("held-out bits/byte", f"{summary['bits_per_byte']}  "
-                                               f"({summary['eval_bytes']:,} bytes)"))
+            rows.append(("held-out bits/byte", (f"{summary['bits_per_byte']}  "
+                                                f"({summary['eval_bytes']:,} bytes scored in "
+                                                f"{summary['eval_seconds']:.1f} s)")))
         if summary["skipped_inputs"]:
             rows.append(("skipped inputs", str(len(summary["skipped_inputs"]))))
         if summary["failed_episodes"]:

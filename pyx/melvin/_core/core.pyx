@@ -13,6 +13,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact,
+                                 trie_insert_node_checked,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
@@ -21,6 +22,13 @@ from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
+
+
+def _aligned(a):
+    """A C-contiguous, aligned view or copy: records read from a file section (or a memory map)
+    may start at any byte offset, and typed access needs natural alignment."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.aligned else a.copy()
 
 NODE_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
                        ("right", "<u4"), ("count", "<u4")])
@@ -769,17 +777,17 @@ cdef class Core:
         cdef uint64_t caps[9]
         cdef const uint8_t* ap = arena
         cdef NodeC* nd
-        cdef const cnp.uint16_t[:] n_len = np.ascontiguousarray(nodes["length"])
-        cdef const cnp.uint8_t[:] n_level = np.ascontiguousarray(nodes["level"])
-        cdef const cnp.uint8_t[:] n_port = np.ascontiguousarray(nodes["port"])
-        cdef const cnp.uint32_t[:] n_left = np.ascontiguousarray(nodes["left"])
-        cdef const cnp.uint32_t[:] n_right = np.ascontiguousarray(nodes["right"])
-        cdef const cnp.uint32_t[:] n_count = np.ascontiguousarray(nodes["count"])
-        cdef const cnp.uint64_t[:] c_key = np.ascontiguousarray(ctxs["key"])
-        cdef const cnp.uint32_t[:] e_ctx = np.ascontiguousarray(edges["ctx"])
-        cdef const cnp.uint32_t[:] e_dst = np.ascontiguousarray(edges["dst"])
-        cdef const cnp.uint16_t[:] e_count = np.ascontiguousarray(edges["count"])
-        cdef const cnp.uint16_t[:] e_stamp = np.ascontiguousarray(edges["stamp"])
+        cdef const cnp.uint16_t[:] n_len = _aligned(nodes["length"])
+        cdef const cnp.uint8_t[:] n_level = _aligned(nodes["level"])
+        cdef const cnp.uint8_t[:] n_port = _aligned(nodes["port"])
+        cdef const cnp.uint32_t[:] n_left = _aligned(nodes["left"])
+        cdef const cnp.uint32_t[:] n_right = _aligned(nodes["right"])
+        cdef const cnp.uint32_t[:] n_count = _aligned(nodes["count"])
+        cdef const cnp.uint64_t[:] c_key = _aligned(ctxs["key"])
+        cdef const cnp.uint32_t[:] e_ctx = _aligned(edges["ctx"])
+        cdef const cnp.uint32_t[:] e_dst = _aligned(edges["dst"])
+        cdef const cnp.uint16_t[:] e_count = _aligned(edges["count"])
+        cdef const cnp.uint16_t[:] e_stamp = _aligned(edges["stamp"])
         for i, name in enumerate(CAPACITY_NAMES):
             caps[i] = int(capacities[name])
         for i, n_items in ((5, nn), (6, nc), (7, ne)):
@@ -830,8 +838,5 @@ cdef class Core:
         rebuild_index(g, 1)
         rebuild_index(g, 2)
         for v in range(nn):
-            length = g.nodes[v].payload_len
-            extra = length + (1 if g.port_root[g.nodes[v].port] == NONE else 0)
-            if g.n_trie + extra > g.cap_trie or (g.trie_ix.filled + extra) * 4 > g.trie_ix.capacity * 3:
+            if trie_insert_node_checked(g, v) < 0:
                 raise CorruptBrainError("trie capacity too small for the payloads")
-            trie_insert_node(g, v)

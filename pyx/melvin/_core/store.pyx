@@ -278,6 +278,28 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
     n.state = state
 
 
+cdef int trie_insert_node_checked(GraphC* g, uint32_t node) noexcept nogil:
+    """Count the states the payload still needs (a walk, no change), then insert if they fit."""
+    cdef NodeC* n = &g.nodes[node]
+    cdef const uint8_t* p = g.arena + n.payload_off
+    cdef uint32_t state, j, missing = 0
+    if n.payload_len:
+        state = g.port_root[n.port]
+        if state == NONE:
+            missing = n.payload_len + 1
+        else:
+            for j in range(n.payload_len):
+                state = trie_child(g, state, p[j])
+                if state == NONE:
+                    missing = n.payload_len - j
+                    break
+    if <uint64_t>g.n_trie + missing > g.cap_trie or \
+            (g.trie_ix.filled + missing + 1) * 4 > g.trie_ix.capacity * 3 + 4:
+        return -1
+    trie_insert_node(g, node)
+    return 0
+
+
 cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil:
     cdef uint32_t s = g.nodes[node].state
     while s != NONE:
