@@ -12,7 +12,7 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact,
+                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
                                  trie_insert_node_checked,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
@@ -40,9 +40,21 @@ CAPACITY_NAMES = ("nodes", "contexts", "edges", "trie", "arena", "node_index", "
                   "edge_index", "trie_index")
 
 
+MEMO_DTYPE = np.dtype([("tag", "<u8"), ("version", "<u8"), ("value", "<f8")])
+
+
 cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
+    cdef object _memo            # numpy buffer behind g.memo (query scratch, not graph memory)
+
+    cdef void _ensure_memo(self):
+        cdef cnp.ndarray arr
+        if self._memo is None:
+            arr = np.zeros(1 << 18, dtype=MEMO_DTYPE)    # 6 MB of scratch, once per Core
+            self._memo = arr
+            self.g.memo = <MemoC*>cnp.PyArray_DATA(arr)
+            self.g.memo_mask = (1 << 18) - 1
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
@@ -131,6 +143,7 @@ cdef class Core:
         cdef size_t n = data.shape[0]
         cdef const uint8_t* p = &data[0] if n else NULL
         cdef double bits
+        self._ensure_memo()
         with nogil:
             bits = score_episode(&self.g, p, n, <uint8_t>port)
         return bits
@@ -332,6 +345,7 @@ cdef class Core:
         cdef list starts = []
         if k <= 0 or self.g.port_root[<uint8_t>port] == NONE:
             return []
+        self._ensure_memo()
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
@@ -816,6 +830,7 @@ cdef class Core:
             nd.right = right
             nd.count = n_count[v]
             nd.aux = 0
+            nd.first = ap[off] if length else 0
             nd.poly = poly_bytes(g.arena + off, length) if length or v == STOP else MARKER_POLY()
             nd.key = node_key(nd.poly, nd.port, length)
             g.total_count += nd.count

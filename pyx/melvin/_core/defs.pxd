@@ -38,6 +38,8 @@ cdef struct NodeC:
     uint32_t count         # times emitted as a token (aged by pruning)
     uint32_t aux           # scratch for rebuilds (new id during pruning); meaningless otherwise
     uint32_t state         # trie state where the payload ends (NONE for STOP)
+    uint8_t first          # first payload byte (0 if empty): lets exclusion reject most tokens
+                           # without a trie probe (fits in the struct's padding)
 
 
 # A context: the last k tokens, hashed. Its successors are a singly linked list of edges.

@@ -2,7 +2,7 @@
 from libc.string cimport memcpy, memmove, memcmp
 from libc.math cimport log2
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
-from melvin._core.store cimport (trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+from melvin._core.store cimport (MemoC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest)
 
@@ -464,12 +464,39 @@ cdef double _subtree_weight(GraphC* g, uint32_t top, uint32_t s, uint8_t port) n
     return <double>g.trie[r].agg
 
 
+cdef inline uint64_t _version(GraphC* g) noexcept nogil:
+    # Changes whenever counts or ids can have changed (learning, pruning).
+    return g.tokens_fed ^ (g.prunes << 40) ^ (g.n_nodes << 20)
+
+
+cdef inline bint _memo_get(GraphC* g, uint64_t tag, double* value) noexcept nogil:
+    cdef MemoC* m
+    if g.memo == NULL:
+        return False
+    m = &g.memo[fmix64(tag) & g.memo_mask]
+    if m.tag == tag and m.version == _version(g) + 1:
+        value[0] = m.value
+        return True
+    return False
+
+
+cdef inline void _memo_put(GraphC* g, uint64_t tag, double value) noexcept nogil:
+    cdef MemoC* m
+    if g.memo == NULL:
+        return
+    m = &g.memo[fmix64(tag) & g.memo_mask]
+    m.tag = tag
+    m.version = _version(g) + 1          # +1: a zeroed entry never matches
+    m.value = value
+
+
 cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil:
     """Probability (under prob_of) of all tokens that is_excluded() after a. prob_of is linear in
     each level's counts, so the excluded mass is the same mixture over the excluded tokens:
     each level's discounted counts weighted by the escape product above it, plus order 0."""
     cdef double beta[MAX_CONTEXT + 8]
-    cdef double weight, total = 0.0, zero = 0.0, strength
+    cdef double weight, total = 0.0, zero = 0.0, strength, part
+    cdef uint64_t kids[4]
     cdef uint32_t k, e, d, s, top
     cdef CtxC* x
     cdef uint8_t port
@@ -480,6 +507,13 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
     if top == NONE or g.trie[top].first_child == NONE:
         return 0.0
     port = g.nodes[a].port
+    # Bytes that can extend a: a successor starting with any other byte is never excluded, which
+    # rejects most of them without a trie probe.
+    kids[0] = kids[1] = kids[2] = kids[3] = 0
+    s = g.trie[top].first_child
+    while s != NONE:
+        kids[g.trie[s].byte >> 6] |= (<uint64_t>1) << (g.trie[s].byte & 63)
+        s = g.trie[s].next_sibling
     for k in range(n):
         beta[k] = 1.0
         if cis[k] != NONE and g.ctxs[cis[k]].total:
@@ -488,7 +522,9 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
                 beta[k] = (sm.det_strength + sm.det_discount) / (<double>x.total + sm.det_strength)
             else:
                 beta[k] = (sm.strength + sm.discount * x.distinct) / (<double>x.total + sm.strength)
-    # Levels from the most specific down, carrying the product of the escapes above.
+    # Levels from the most specific down, carrying the product of the escapes above. A level's
+    # excluded sum depends only on (context, a), and order 0's only on a: memoised, since a
+    # frequent context can have thousands of successors to walk.
     weight = 1.0
     k = n
     while k > 0:
@@ -496,31 +532,42 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
         if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
             continue
         x = &g.ctxs[cis[k]]
-        e = x.head
-        while e != NONE:
-            d = g.edges[e].dst
-            if x.distinct == 1:
-                strength = g.edges[e].count - sm.det_discount
-                if strength > 0 and is_excluded(g, a, d):
-                    total += weight * strength / (<double>x.total + sm.det_strength)
-            elif g.edges[e].count > sm.discount and is_excluded(g, a, d):
-                total += weight * (g.edges[e].count - sm.discount) / (<double>x.total + sm.strength)
-            e = g.edges[e].next
+        if x.distinct < 16 or not _memo_get(g, (<uint64_t>cis[k] << 32) | a, &part):
+            part = 0.0
+            e = x.head
+            while e != NONE:
+                d = g.edges[e].dst
+                if not (kids[g.nodes[d].first >> 6] >> (g.nodes[d].first & 63)) & 1:
+                    e = g.edges[e].next
+                    continue
+                if x.distinct == 1:
+                    strength = g.edges[e].count - sm.det_discount
+                    if strength > 0 and is_excluded(g, a, d):
+                        part += strength / (<double>x.total + sm.det_strength)
+                elif g.edges[e].count > sm.discount and is_excluded(g, a, d):
+                    part += (g.edges[e].count - sm.discount) / (<double>x.total + sm.strength)
+                e = g.edges[e].next
+            if x.distinct >= 16:
+                _memo_put(g, (<uint64_t>cis[k] << 32) | a, part)
+        total += weight * part
         weight *= beta[k]
     # Order 0: every token that starts with a minimal extension c of a (a+c is a node, no shorter
     # one is) is excluded; the trie aggregates give their (count + 1) sums directly.
-    s = g.trie[top].first_child
-    while s != NONE:
-        if g.trie[s].node != NONE:
-            zero += _subtree_weight(g, top, s, port)
-        elif g.trie[s].first_child != NONE:
-            s = g.trie[s].first_child
-            continue
-        while s != top and g.trie[s].next_sibling == NONE:
-            s = g.trie[s].parent
-        if s == top:
-            break
-        s = g.trie[s].next_sibling
+    if not _memo_get(g, (<uint64_t>NONE << 32) | a, &zero):
+        zero = 0.0
+        s = g.trie[top].first_child
+        while s != NONE:
+            if g.trie[s].node != NONE:
+                zero += _subtree_weight(g, top, s, port)
+            elif g.trie[s].first_child != NONE:
+                s = g.trie[s].first_child
+                continue
+            while s != top and g.trie[s].next_sibling == NONE:
+                s = g.trie[s].parent
+            if s == top:
+                break
+            s = g.trie[s].next_sibling
+        _memo_put(g, (<uint64_t>NONE << 32) | a, zero)
     total += weight * zero / (<double>g.total_count + g.n_nodes)
     return total
 

@@ -7,8 +7,18 @@ from melvin._core.defs cimport *
 from melvin._core.mem cimport PoolC
 
 
+# A memo of exclusion sums for scoring (query scratch owned by the Core, not graph memory):
+# direct-mapped, valid while `version` matches the graph's.
+cdef struct MemoC:
+    uint64_t tag
+    uint64_t version
+    double value
+
+
 cdef struct GraphC:
     PoolC pool
+    MemoC* memo                    # NULL until a query needs it; not counted in memory_bytes
+    uint64_t memo_mask
     NodeC* nodes
     CtxC* ctxs
     EdgeC* edges

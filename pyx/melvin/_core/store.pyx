@@ -193,6 +193,7 @@ cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, ui
     n.count = 0
     n.aux = 0
     n.state = NONE
+    n.first = payload[0] if length else 0
     g.n_arena += length
     g.n_nodes += 1
     _ix_put(&g.node_ix, n.key, v)
