@@ -150,6 +150,7 @@ def merge(graphs, limits: Limits | None = None):
                           f"{limits.max_nodes}; raise Limits.max_nodes")
     if relaxed != limits.core_kwargs():
         st = core.export_state()
+        st["counters"]["peak_memory_bytes"] = 0       # the relaxed build's peak is not this graph's
         final = Core(**limits.core_kwargs(), empty=True)
         final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"])
         core = final

@@ -51,10 +51,15 @@ cdef class Core:
     cdef void _ensure_memo(self):
         cdef cnp.ndarray arr
         if self._memo is None:
-            arr = np.zeros(1 << 18, dtype=MEMO_DTYPE)    # 6 MB of scratch, once per Core
+            # About one entry per 8 contexts (24 B each), 1K..256K entries: scratch in
+            # proportion to the graph, allocated once per Core on its first score.
+            size = 1024
+            while size < (1 << 18) and size * 8 < self.g.n_ctxs:
+                size *= 2
+            arr = np.zeros(size, dtype=MEMO_DTYPE)
             self._memo = arr
             self.g.memo = <MemoC*>cnp.PyArray_DATA(arr)
-            self.g.memo_mask = (1 << 18) - 1
+            self.g.memo_mask = size - 1
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
@@ -345,7 +350,6 @@ cdef class Core:
         cdef list starts = []
         if k <= 0 or self.g.port_root[<uint8_t>port] == NONE:
             return []
-        self._ensure_memo()
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
