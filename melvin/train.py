@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-level", default="WARNING",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
                              "debug", "info", "warning", "error", "critical"])
+    from melvin.distributed import add_arguments as _add_distributed
+
+    _add_distributed(ap)  # --workers N / --scheduler ADDR (dask is imported only when used)
     return ap
 
 
@@ -634,6 +637,10 @@ def main(argv=None) -> int:
     handler = _TqdmHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    from melvin.distributed import run_from_args, wants_distributed
+
+    if wants_distributed(args):
+        return run_from_args(args)
     try:
         return Trainer(args).run()
     except (MelvinError, OSError, ValueError) as exc:
