@@ -7,7 +7,8 @@ Semantics of `merge(graphs)`:
 - contexts are unified by key (keys are derived from payloads, so the same history has the same key
   in every graph); edges (context, next pattern) add their counts; a context whose counts no longer
   fit 16 bits is rescaled (halved, rounding up) as training would have done;
-- nodes are numbered canonically (the 257 base nodes, then by length, port and payload) and contexts
+- patterns are identified by their 64-bit key (a hash of port and payload) and numbered canonically
+  (the 257 base nodes, then by length and key), contexts
   by key, so the same inputs in any order give a byte-identical brain;
 - the result takes `limits` (default: the first graph's) and is pruned to respect them.
 Merging with an empty graph changes nothing observable: predictions, scores and counts are equal
@@ -25,13 +26,6 @@ _NONE = 0xFFFFFFFF
 _N_BASE = 257
 
 
-def _payloads(state) -> list[bytes]:
-    arena = state["arena"]
-    ends = np.cumsum(state["nodes"]["length"], dtype=np.int64)
-    starts = ends - state["nodes"]["length"]
-    return [arena[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-
-
 def merge(graphs, limits: Limits | None = None):
     """Combine graphs trained independently (see the module docstring for the semantics)."""
     from melvin.graph import Graph
@@ -44,88 +38,100 @@ def merge(graphs, limits: Limits | None = None):
             raise TypeError(f"merge takes melvin.Graph objects, got {type(g).__name__}")
     limits = limits or graphs[0].limits
     states = [g._core.export_state() for g in graphs]
-    payloads = [_payloads(st) for st in states]
+    keys = [g._core.node_keys() for g in graphs]
 
-    # 1. Patterns: union by (port, payload), canonical order.
-    info: dict[tuple[int, bytes], list] = {}
-    for st, pays in zip(states, payloads):
-        nodes = st["nodes"]
-        for i, (pay, port, level, count) in enumerate(zip(pays, nodes["port"].tolist(),
-                                                         nodes["level"].tolist(),
-                                                         nodes["count"].tolist())):
-            key = (port, pay) if i != _N_BASE - 1 else (-1, b"")          # STOP
-            entry = info.get(key)
-            if entry is None:
-                info[key] = [count, level, set()]
-            else:
-                entry[0] += count
-                entry[1] = max(entry[1], level)
-            left = nodes["left"][i]
-            if left != _NONE:
-                info[key][2].add(len(pays[left]))
-    base = [(0, bytes([b])) for b in range(256)] + [(-1, b"")]
-    rest = sorted((k for k in info if k not in set(base)), key=lambda k: (len(k[1]), k[0], k[1]))
-    order = base + rest
-    new_id = {k: i for i, k in enumerate(order)}
+    # 1. Patterns: union by key (a hash of port and payload), canonical order: the 257 base nodes
+    #    (identical in every graph), then by (length, key), so components precede what they form.
+    all_keys = np.concatenate(keys)
+    all_nodes = np.concatenate([st["nodes"] for st in states])
+    uniq, first, inv = np.unique(all_keys, return_index=True, return_inverse=True)
+    length = all_nodes["length"][first].astype(np.int64)
+    base_keys = keys[0][:_N_BASE]
+    is_base = np.isin(uniq, base_keys)
+    rest = np.flatnonzero(~is_base)
+    rest = rest[np.lexsort((uniq[rest], length[rest]))]
+    order = np.concatenate([np.searchsorted(uniq, base_keys), rest])   # merged id -> uniq index
+    new_id = np.empty(len(uniq), dtype=np.int64)
+    new_id[order] = np.arange(len(order))
     nn = len(order)
+    remaps, offset = [], 0
+    for k in keys:
+        remaps.append(new_id[inv[offset:offset + len(k)]])
+        offset += len(k)
+    merged_of_row = np.concatenate(remaps)
+
     nodes = np.zeros(nn, dtype=NODE_DTYPE)
-    for i, key in enumerate(order):
-        port, pay = key
-        count, level, splits = info.get(key, [0, 0, set()])
-        left = right = _NONE
-        for cut in sorted(splits):
-            a, b = new_id.get((port, pay[:cut])), new_id.get((port, pay[cut:]))
-            if a is not None and b is not None:
-                left, right = a, b
-                break
-        nodes[i] = (len(pay), level, max(port, 0), left, right, min(count, 0xFFFFFFF0))
-    arena = b"".join(pay for _, pay in order)
+    src = first[order]                                   # a source row for every merged node
+    nodes["length"] = all_nodes["length"][src]
+    nodes["port"] = all_nodes["port"][src]
+    counts = np.bincount(merged_of_row, weights=all_nodes["count"].astype(np.float64), minlength=nn)
+    nodes["count"] = np.minimum(counts, 0xFFFFFFF0).astype(np.uint32)
+    level = np.zeros(nn, dtype=np.int64)
+    np.maximum.at(level, merged_of_row, all_nodes["level"].astype(np.int64))
+    nodes["level"] = level
+    # Components: of the splits the inputs used, the one with the shortest left part.
+    nodes["left"] = _NONE
+    nodes["right"] = _NONE
+    lefts, rights, owners = [], [], []
+    for st, remap in zip(states, remaps):
+        has = np.flatnonzero(st["nodes"]["left"] != _NONE)
+        owners.append(remap[has])
+        lefts.append(remap[st["nodes"]["left"][has]])
+        rights.append(remap[st["nodes"]["right"][has]])
+    owner, left, right = (np.concatenate(x) if x else np.zeros(0, np.int64)
+                          for x in (owners, lefts, rights))
+    if len(owner):
+        pick = np.lexsort((left, nodes["length"][left], owner))
+        owner, left, right = owner[pick], left[pick], right[pick]
+        firsts = np.ones(len(owner), dtype=bool)
+        firsts[1:] = owner[1:] != owner[:-1]
+        nodes["left"][owner[firsts]] = left[firsts]
+        nodes["right"][owner[firsts]] = right[firsts]
+    # Payloads gathered from the source arenas in merged order.
+    arenas = [np.frombuffer(st["arena"], dtype=np.uint8) for st in states]
+    arena_all = np.concatenate(arenas) if arenas else np.zeros(0, np.uint8)
+    bases = np.cumsum([0] + [len(a) for a in arenas])[:-1]
+    starts_all = np.concatenate([
+        base + np.cumsum(st["nodes"]["length"], dtype=np.int64) - st["nodes"]["length"]
+        for base, st in zip(bases, states)])
+    lens = nodes["length"].astype(np.int64)
+    total = int(lens.sum())
+    out_starts = np.cumsum(lens) - lens
+    gather = np.repeat(starts_all[src] - out_starts, lens) + np.arange(total, dtype=np.int64)
+    arena = arena_all[gather].tobytes()
 
     # 2. Edges as (context key, merged destination), summed.
-    keys, dsts, counts, stamps = [], [], [], []
-    for st, pays in zip(states, payloads):
-        remap = np.array([new_id[(p, pay) if i != _N_BASE - 1 else (-1, b"")]
-                          for i, (p, pay) in enumerate(zip(st["nodes"]["port"].tolist(), pays))],
-                         dtype=np.uint32)
-        e = st["edges"]
-        keys.append(st["contexts"]["key"][e["ctx"]])
-        dsts.append(remap[e["dst"]])
-        counts.append(e["count"].astype(np.int64))
-        stamps.append(e["stamp"])
-    key = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    dst = np.concatenate(dsts) if dsts else np.zeros(0, np.uint32)
-    cnt = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    stp = np.concatenate(stamps) if stamps else np.zeros(0, np.uint16)
-    order_e = np.lexsort((dst, key))
-    key, dst, cnt, stp = key[order_e], dst[order_e], cnt[order_e], stp[order_e]
-    if len(key):
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = (key[1:] != key[:-1]) | (dst[1:] != dst[:-1])
-        starts = np.flatnonzero(first)
-        key, dst = key[starts], dst[starts]
-        cnt = np.add.reduceat(cnt, starts)
-        stp = np.maximum.reduceat(stp, starts)
-    ctx_keys, ctx_of = np.unique(key, return_inverse=True)
+    ekeys = np.concatenate([st["contexts"]["key"][st["edges"]["ctx"]] for st in states])
+    dsts = np.concatenate([remap[st["edges"]["dst"]] for st, remap in zip(states, remaps)])
+    cnt = np.concatenate([st["edges"]["count"].astype(np.int64) for st in states])
+    stp = np.concatenate([st["edges"]["stamp"] for st in states])
+    ctx_keys, ctx_of_edge = np.unique(ekeys, return_inverse=True)
+    pair = (ctx_of_edge.astype(np.uint64) << np.uint64(32)) | dsts.astype(np.uint64)
+    pairs, pair_of_edge = np.unique(pair, return_inverse=True)
+    cnt = np.bincount(pair_of_edge, weights=cnt.astype(np.float64), minlength=len(pairs)).astype(np.int64)
+    stamp = np.zeros(len(pairs), dtype=np.uint16)
+    np.maximum.at(stamp, pair_of_edge, stp)
+    ctx_of = (pairs >> np.uint64(32)).astype(np.int64)
+    dst = (pairs & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     # Rescale contexts whose summed counts overflow 16 bits (as training's rescaling would).
     if len(cnt):
         peak = np.zeros(len(ctx_keys), dtype=np.int64)
         np.maximum.at(peak, ctx_of, cnt)
         shift = np.zeros(len(ctx_keys), dtype=np.int64)
         while True:
-            over = (peak + (1 << shift) - 1) >> shift > 0xFFFF
+            over = (peak + (np.int64(1) << shift) - 1) >> shift > 0xFFFF
             if not over.any():
                 break
             shift[over] += 1
-        s = shift[ctx_of]
-        cnt = (cnt + (np.int64(1) << s) - 1) >> s
+        sh = shift[ctx_of]
+        cnt = (cnt + (np.int64(1) << sh) - 1) >> sh
     ctxs = np.zeros(len(ctx_keys), dtype=CTX_DTYPE)
     ctxs["key"] = ctx_keys
-    edges = np.zeros(len(key), dtype=EDGE_DTYPE)
+    edges = np.zeros(len(pairs), dtype=EDGE_DTYPE)
     edges["ctx"] = ctx_of
     edges["dst"] = dst
     edges["count"] = cnt
-    edges["stamp"] = stp
-
+    edges["stamp"] = stamp
     counters = {name: 0 for name in ("bytes_fed", "tokens_fed", "episodes", "formed",
                                      "pruned_nodes", "pruned_edges", "pruned_contexts", "prunes",
                                      "peak_memory_bytes")}

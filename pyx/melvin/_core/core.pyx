@@ -634,6 +634,14 @@ cdef class Core:
         return True
 
     # --- persistence support -------------------------------------------------------------------
+    def node_keys(self):
+        """The 64-bit identity of every node (derived from port and payload; merge unifies by it)."""
+        cdef cnp.ndarray[cnp.uint64_t, ndim=1] out = np.empty(self.g.n_nodes, dtype=np.uint64)
+        cdef uint32_t v
+        for v in range(self.g.n_nodes):
+            out[v] = self.g.nodes[v].key
+        return out
+
     def export_counts(self):
         """Record counts, counters and capacities (what the brain file's meta section holds)."""
         return dict(nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
