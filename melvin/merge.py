@@ -147,7 +147,7 @@ def merge(graphs, limits: Limits | None = None):
     relaxed["max_nodes"] = max(limits.max_nodes, nn)
     relaxed["max_edges"] = max(limits.max_edges, len(edges))
     core = Core(**relaxed, empty=True)
-    core.import_state(nodes, arena, ctxs, edges, counters)
+    core.import_state(nodes, arena, ctxs, edges, counters, verify=False)
     st = core.stats()
     if st["memory_bytes"] > limits.max_memory or st["edges"] > limits.max_edges:
         core.prune_to(int(limits.max_memory * 0.7), min(limits.max_edges, int(limits.max_edges)))
@@ -158,6 +158,7 @@ def merge(graphs, limits: Limits | None = None):
         st = core.export_state()
         st["counters"]["peak_memory_bytes"] = 0       # the relaxed build's peak is not this graph's
         final = Core(**limits.core_kwargs(), empty=True)
-        final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"])
+        final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
+                           verify=False)
         core = final
     return Graph(limits, graphs[0].seed, _core=core)

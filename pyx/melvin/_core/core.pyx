@@ -731,11 +731,13 @@ cdef class Core:
                     edges=self.export_range("edges", 0, counts["edges"]),
                     counters=counters, capacities=capacities)
 
-    def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None):
+    def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None,
+                     bint verify=True):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count.
         capacities=None sizes the tables to fit (merge); saved capacities are checked for
         plausibility first. Raises CorruptBrainError (the Core stays empty and consistent) on any
-        inconsistency."""
+        inconsistency. verify=False skips the final full check() (ids, offsets and counts are
+        still validated): for arrays built consistent by construction (merge)."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:
@@ -789,7 +791,8 @@ cdef class Core:
         if counters["peak_memory_bytes"] > g.pool.peak:
             g.pool.peak = counters["peak_memory_bytes"]
         try:
-            self.check()
+            if verify:
+                self.check()
         except InvariantError as exc:
             store_free(g)
             store_init(g)
