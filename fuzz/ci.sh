@@ -18,7 +18,11 @@ export MELVIN_FUZZ_VENV=$VENV MELVIN_FUZZ_WORK=$WORK
 t0=$(date +%s)
 bash "$FUZZ/build.sh"
 
-site=$(cd / && "$VENV/bin/python" -c "import melvin._core.core as c; print(c.__file__)")
+# The instrumented build needs libFuzzer's coverage symbols (__sancov_*) at import time, so
+# everything that imports it preloads the merged ASan + libFuzzer runtime that build.sh links.
+RUNTIME=$WORK/asan_with_fuzzer.so
+site=$(cd / && LD_PRELOAD="$RUNTIME" ASAN_OPTIONS=detect_leaks=0 \
+       "$VENV/bin/python" -c "import melvin._core.core as c; print(c.__file__)")
 case "$site" in
     "$VENV"/*) ;;
     *) echo "the instrumented build is not what the venv imports ($site)" >&2; exit 1 ;;
@@ -29,9 +33,8 @@ esac
 # (tests/test_memory_limits.py) skips itself without the plugin. Sanitizer reports go to files:
 # pytest captures fd 2, and a report that aborts the process would vanish with the capture.
 echo "=== test suite under ASan + UBSan (background, log $WORK/pytest-asan.log)"
-ASAN_RT=$(clang -print-file-name=libclang_rt.asan-x86_64.so)
 rm -f "$WORK"/sanitizer-pytest.*
-(cd "$ROOT" && LD_PRELOAD="$ASAN_RT" \
+(cd "$ROOT" && LD_PRELOAD="$RUNTIME" \
     ASAN_OPTIONS="detect_leaks=0:log_path=$WORK/sanitizer-pytest" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$WORK/sanitizer-pytest" \
     PYTHONMALLOC=malloc OPENBLAS_NUM_THREADS=1 \

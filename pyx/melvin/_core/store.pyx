@@ -101,8 +101,10 @@ cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
 cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
     cdef uint32_t v, j
     cdef uint64_t ring[16]
-    memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     ix.filled = 0
+    if ix.capacity == 0:
+        return                            # never allocated (and nothing to index)
+    memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
     for v in range(n if n < 16 else 16):
         ring[v] = _ix_hash(g, kind, v)
@@ -181,7 +183,8 @@ cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, ui
                           uint8_t level, uint32_t left, uint32_t right) noexcept nogil:
     cdef uint32_t v = g.n_nodes
     cdef NodeC* n = &g.nodes[v]
-    memmove(g.arena + g.n_arena, payload, length)
+    if length:                            # STOP and markers pass NULL: memmove(.., NULL, 0) is UB
+        memmove(g.arena + g.n_arena, payload, length)
     n.payload_off = g.n_arena
     n.payload_len = <uint16_t>length
     n.poly = poly_bytes(payload, length)
@@ -336,7 +339,8 @@ cdef void rebuild_indexes(GraphC* g) noexcept nogil:
         g.port_root[p] = NONE
         g.port_marker[p] = NONE
     g.n_trie = 0
-    memset(g.trie_ix.slots, 0, g.trie_ix.capacity * sizeof(uint32_t))
+    if g.trie_ix.capacity:
+        memset(g.trie_ix.slots, 0, g.trie_ix.capacity * sizeof(uint32_t))
     g.trie_ix.filled = 0
     for v in range(g.n_nodes):
         trie_insert_node(g, v)
