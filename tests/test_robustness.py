@@ -159,18 +159,26 @@ def test_repeated_line_memory_is_flat(wiki_lines):
 
 
 def test_long_prompt_is_not_quadratic(wiki_lines):
-    """Hang guard, not a benchmark: a 1 MB prompt must be handled in roughly linear time
-    (linear is ~0.05 s here; the quadratic prompt healing in generate took ~6 s)."""
+    """Hang guard, not a benchmark: handling a prompt 10x longer must cost about 10x, not 100x
+    (the quadratic prompt healing once took ~6 s on 1 MB). Compared within one run, so a slow or
+    busy machine (or an ASan build) does not matter: each size takes the best of three runs."""
     g = melvin.Graph()
     for line in wiki_lines[:100]:
         g.feed(line)
-    prompt = (b" ".join(wiki_lines) * 2)[:1_000_000]
-    for name, call in (("predict", lambda: g.predict(prompt)), ("score", lambda: g.score(prompt)),
-                       ("generate", lambda: g.generate(prompt))):
-        t = time.perf_counter()
-        call()
-        elapsed = time.perf_counter() - t
-        assert elapsed < 2.0, f"{name} took {elapsed:.1f} s on a 1 MB prompt"
+    text = b" ".join(wiki_lines) * 2
+    small, large = text[:100_000], text[:1_000_000]
+
+    def cost(fn, prompt):
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn(prompt)
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    for name, fn in (("predict", g.predict), ("score", g.score), ("generate", g.generate)):
+        ratio = cost(fn, large) / max(cost(fn, small), 1e-4)
+        assert ratio < 40, f"{name}: 10x longer prompt cost {ratio:.0f}x"
 
 
 def test_silent(capfd, wiki_lines, tmp_path):
