@@ -76,6 +76,7 @@ from melvin.errors import MelvinError
 from melvin.inputs import (DEFAULT_MAX_EPISODE, SPLITS, InputError, Reader, Source,
                            collect_sources, fingerprint)
 from melvin.limits import Limits, parse_size
+from melvin.persist import atomic_write
 
 log = logging.getLogger("melvin.distributed")
 
@@ -398,46 +399,14 @@ def _sha256(data) -> str:
 
 
 def _atomic_write(path: str, data, sync: bool = True) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".melvin-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(data), sync=sync)
 
 
 def _atomic_copy(src: str, dst: str) -> None:
-    directory = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".melvin-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+    def copy(f):
+        with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 22)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(dst, copy)
 
 
 def _graph_stats(g) -> dict:

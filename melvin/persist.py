@@ -93,14 +93,18 @@ def dumps(graph) -> bytes:
     return buf.getvalue()
 
 
-def save(graph, path: str) -> None:
+def atomic_write(path: str, write, *, sync: bool = True) -> None:
+    """Create `path` through write(f) on a temp file beside it, then rename it over `path`: a kill
+    at any moment leaves either the old file or the new one. With sync, the data and the rename
+    are fsynced (a crash of the machine cannot leave a torn file either)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".melvin-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(graph, f)
-            f.flush()
-            os.fsync(f.fileno())
+            write(f)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -108,6 +112,8 @@ def save(graph, path: str) -> None:
         except FileNotFoundError:
             pass
         raise
+    if not sync:
+        return
     try:
         dfd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -116,6 +122,10 @@ def save(graph, path: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def save(graph, path: str) -> None:
+    atomic_write(path, lambda f: write(graph, f))
 
 
 def _json(buf, name: str) -> dict:

@@ -1,4 +1,5 @@
 """Shared fixtures: the real-text corpus from ../shared/corpus (tests using it skip if absent)."""
+import random
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,19 @@ def wiki_lines() -> list[bytes]:
 @pytest.fixture(scope="session")
 def heldout_lines() -> list[bytes]:
     return corpus_lines("wiki_heldout.txt")
+
+
+def english_text(n_bytes: int, seed: int = 0) -> bytes:
+    """Deterministic English-like text of exactly n_bytes, without newlines: words drawn from
+    CPython's pydoc topics (they ship with every Python)."""
+    from pydoc_data import topics
+
+    words = sorted({w for name in sorted(topics.topics)[:60]
+                    for w in topics.topics[name].encode("utf-8").split() if w.isalpha()})
+    rnd = random.Random(seed)
+    parts, size = [], 0
+    while size < n_bytes:
+        chunk = b" ".join(rnd.choices(words, k=4096)) + b" "
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)[:n_bytes]

@@ -11,25 +11,13 @@ import pytest
 
 import melvin
 from melvin import persist
+from conftest import english_text
 
 LINE_240 = (b"The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat "
             b"by the door. " * 3)[:240]
 
 
-def _text(n_bytes: int, seed: int = 0) -> bytes:
-    """Deterministic English-like text of exactly n_bytes, without newlines: words drawn from
-    CPython's pydoc topics (they ship with every Python)."""
-    from pydoc_data import topics
-
-    words = sorted({w for name in sorted(topics.topics)[:60]
-                    for w in topics.topics[name].encode("utf-8").split() if w.isalpha()})
-    rnd = random.Random(seed)
-    parts, size = [], 0
-    while size < n_bytes:
-        chunk = b" ".join(rnd.choices(words, k=4096)) + b" "
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)[:n_bytes]
+_text = english_text
 
 
 def _lines(n: int, seed: int = 1) -> list[bytes]:

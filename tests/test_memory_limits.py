@@ -3,13 +3,13 @@ and still holds at its high-water mark (the core's malloc and Python's allocator
 under the limit. Inputs are built in fixtures, outside the measured test body. In pytest-memray
 1.11 the marker is enforced even without --memray; the module is skipped when the plugin is not
 importable or not active (e.g. `-p no:memray` under ASan)."""
-import random
 
 import pytest
 
 pytest.importorskip("pytest_memray")
 
 import melvin  # noqa: E402
+from conftest import english_text  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -18,18 +18,7 @@ def _memray_active(request):
         pytest.skip("the pytest-memray plugin is not active")
 
 
-def _text(n_bytes: int, seed: int = 0) -> bytes:
-    from pydoc_data import topics
-
-    words = sorted({w for name in sorted(topics.topics)[:60]
-                    for w in topics.topics[name].encode("utf-8").split() if w.isalpha()})
-    rnd = random.Random(seed)
-    parts, size = [], 0
-    while size < n_bytes:
-        chunk = b" ".join(rnd.choices(words, k=4096)) + b" "
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)[:n_bytes]
+_text = english_text
 
 
 @pytest.fixture(scope="module")
