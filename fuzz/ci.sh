@@ -2,11 +2,10 @@
 # The fuzzing and sanitizer gate for CI, self-contained on a fresh Debian 12 machine as root with
 # only python3 (3.11) and gcc: build.sh apt-gets clang/compiler-rt and makes the venv.
 #   1. fuzz/build.sh: clang build with libFuzzer coverage + ASan + UBSan, installed in fuzz/.venv
-#   2. the whole test suite once under ASan + UBSan against that installed build, in the background
-#      on the second core, while
-#   3. every fuzzer runs for FUZZ_SECONDS (60) on its seed corpus, one after the other (run.sh)
-# Exit status is non-zero if a step fails, a fuzzer reports a finding (fuzz/artifacts/NAME/), or
-# a sanitizer report was written. About 7-8 minutes on 2 cores.
+#   2. the whole test suite once under ASan + UBSan against that installed build
+#   3. every fuzzer for FUZZ_SECONDS (60) on its seed corpus, one after the other (run.sh)
+# Steps 2 and 3 run one after the other, so neither slows the other on a 2-core machine. Exit status is non-zero if a step fails, a fuzzer reports a finding
+# (fuzz/artifacts/NAME/), or a sanitizer report was written. About 8-9 minutes on 2 cores.
 set -euo pipefail
 FUZZ=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$FUZZ")
@@ -32,28 +31,14 @@ esac
 # instrumented extension is what runs. memray's allocator hooks do not mix with ASan's: its module
 # (tests/test_memory_limits.py) skips itself without the plugin. Sanitizer reports go to files:
 # pytest captures fd 2, and a report that aborts the process would vanish with the capture.
-echo "=== test suite under ASan + UBSan (background, log $WORK/pytest-asan.log)"
-rm -f "$WORK"/sanitizer-pytest.*
-(cd "$ROOT" && LD_PRELOAD="$RUNTIME" \
-    ASAN_OPTIONS="detect_leaks=0:log_path=$WORK/sanitizer-pytest" \
-    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$WORK/sanitizer-pytest" \
-    PYTHONMALLOC=malloc OPENBLAS_NUM_THREADS=1 \
-    "$VENV/bin/pytest" -q -p no:cacheprovider -p no:memray tests) > "$WORK/pytest-asan.log" 2>&1 &
-pytest_pid=$!
-
+echo "=== test suite under ASan + UBSan (log $WORK/pytest-asan.log)"
 failed=()
-for name in feed ops load inputs; do
-    echo "=== fuzz_$name for ${SECS}s"
-    if ! bash "$FUZZ/run.sh" "$name" "$SECS" > "$WORK/ci-$name.log" 2>&1; then
-        failed+=("fuzz_$name")
-        grep -v -E '^(INFO: Instrumenting|#[0-9]+ +(NEW|REDUCE|pulse))' "$WORK/ci-$name.log" | tail -60
-    else
-        grep -E '^\[run.sh\]|^#[0-9]+ +DONE' "$WORK/ci-$name.log" || true
-    fi
-done
-
-echo "=== waiting for the test suite"
-if wait "$pytest_pid"; then
+rm -f "$WORK"/sanitizer-pytest.*
+if (cd "$ROOT" && LD_PRELOAD="$RUNTIME" \
+        ASAN_OPTIONS="detect_leaks=0:log_path=$WORK/sanitizer-pytest" \
+        UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$WORK/sanitizer-pytest" \
+        PYTHONMALLOC=malloc OPENBLAS_NUM_THREADS=1 \
+        "$VENV/bin/pytest" -q -p no:cacheprovider -p no:memray tests) > "$WORK/pytest-asan.log" 2>&1; then
     tail -3 "$WORK/pytest-asan.log"
 else
     failed+=("pytest-asan")
@@ -64,6 +49,16 @@ for report in "$WORK"/sanitizer-pytest.*; do
     echo "--- sanitizer report $report"
     head -60 "$report"
     failed+=("sanitizer-report")
+done
+
+for name in feed ops load inputs; do
+    echo "=== fuzz_$name for ${SECS}s"
+    if ! bash "$FUZZ/run.sh" "$name" "$SECS" > "$WORK/ci-$name.log" 2>&1; then
+        failed+=("fuzz_$name")
+        grep -v -E '^(INFO: Instrumenting|#[0-9]+ +(NEW|REDUCE|pulse))' "$WORK/ci-$name.log" | tail -60
+    else
+        grep -E '^\[run.sh\]|^#[0-9]+ +DONE' "$WORK/ci-$name.log" || true
+    fi
 done
 
 echo "=== fuzz/ci.sh done in $(( $(date +%s) - t0 )) s"

@@ -246,6 +246,46 @@ class _Counting(io.RawIOBase):
         return n
 
 
+class _LZMAReader(io.RawIOBase):
+    """.xz/.lzma (concatenated streams) under a decoder memory limit: LZMAFile takes whatever a
+    header asks, and a 68-byte legacy header can ask for a 4 GiB dictionary (a fuzz finding).
+    Over the limit, liblzma raises LZMAError, which the reader reports as InputError."""
+
+    MEMLIMIT = 256 << 20
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._dec = lzma.LZMADecompressor(lzma.FORMAT_AUTO, memlimit=self.MEMLIMIT)
+        self._eof = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = len(buf)
+        while not self._eof:
+            if self._dec.eof:
+                rest = self._dec.unused_data
+                if not rest:
+                    rest = self._raw.read(CHUNK)
+                    if not rest:
+                        self._eof = True
+                        break
+                self._dec = lzma.LZMADecompressor(lzma.FORMAT_AUTO, memlimit=self.MEMLIMIT)
+                data = self._dec.decompress(rest, n)
+            elif self._dec.needs_input:
+                chunk = self._raw.read(CHUNK)
+                if not chunk:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                data = self._dec.decompress(chunk, n)
+            else:
+                data = self._dec.decompress(b"", n)
+            if data:
+                buf[:len(data)] = data
+                return len(data)
+        return 0
+
+
 class Stream:
     """A source opened for reading: ``stream`` is a buffered, decompressed binary stream (read,
     readline), ``raw_count`` the bytes of the raw input read so far. close() closes every layer."""
@@ -288,7 +328,7 @@ class Stream:
         elif compression == "bz2":
             inner = bz2.BZ2File(buffered, "rb")
         elif compression == "xz":
-            inner = lzma.LZMAFile(buffered, "rb")
+            inner = _LZMAReader(buffered)
         elif compression == "zst":
             inner = _zstd().ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
         else:  # pragma: no cover - guarded by source_for
