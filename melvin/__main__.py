@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("train_argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
     args = ap.parse_args(argv)
-    args.log_level_given = any(a == "--log-level" or a.startswith("--log-level=") for a in
-                               argv[:argv.index("train")] if "train" in argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    head = words[:words.index("train")] if "train" in words else words
+    args.log_level_given = any(a == "--log-level" or a.startswith("--log-level=") for a in head)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
