@@ -788,8 +788,10 @@ cdef class Core:
         g.pruned_edges = counters["pruned_edges"]
         g.pruned_ctxs = counters["pruned_contexts"]
         g.prunes = counters["prunes"]
+        # The recorded peak is history, not structure: never trust it past the cap (a real brain
+        # cannot have exceeded it; a damaged one may claim anything -- a fuzz finding).
         if counters["peak_memory_bytes"] > g.pool.peak:
-            g.pool.peak = counters["peak_memory_bytes"]
+            g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
         try:
             if verify:
                 self.check()
