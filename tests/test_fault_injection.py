@@ -1,10 +1,19 @@
 """Fault injection through the allocation choke point: `_core._set_fail_at(k)` makes allocation
 attempt k (counted from the call) fail. Every k of a real scenario is tried; each failure must
 surface as MemoryError and leave a consistent, usable graph."""
+import os
+import shutil
+import subprocess
+from contextlib import contextmanager
+
 import pytest
 
 import melvin
+import importlib
 from melvin import persist
+from melvin._core import mem
+
+merge_mod = importlib.import_module("melvin.merge")
 
 N_LINES = 12
 
@@ -140,19 +149,29 @@ def test_prune_under_faults(wiki_lines):
         _still_works(g)
 
 
-def _load_with_fault(buf, k):
-    real = persist.Core
+@contextmanager
+def _cores_fail_at(module, k, which=0):
+    """Make allocation attempt k of the `which`-th Core that `module` creates fail."""
+    real = module.Core
+    made = []
 
     def make(**kwargs):
         core = real(**kwargs)
-        core._set_fail_at(k)
+        if len(made) == which:
+            core._set_fail_at(k)
+        made.append(core)
         return core
 
-    persist.Core = make
+    module.Core = make
     try:
-        return persist.loads(buf)
+        yield made
     finally:
-        persist.Core = real
+        module.Core = real
+
+
+def _load_with_fault(buf, k):
+    with _cores_fail_at(persist, k):
+        return persist.loads(buf)
 
 
 def test_load_fault_sweep(lines):
@@ -189,3 +208,87 @@ def test_alloc_attempt_counter():
     assert g._core._alloc_attempts == a       # queries allocate nothing in the pool
     g.feed(b"abc")
     assert g._core._alloc_attempts > a
+
+
+def _merge_inputs(wiki_lines):
+    parts = []
+    for i in range(2):
+        g = melvin.Graph(melvin.Limits(max_memory="256K"))
+        for line in wiki_lines[i * 30:(i + 1) * 30]:
+            g.feed(line)
+        parts.append(g)
+    return parts
+
+
+def _merge_sweep(parts):
+    """Fail every allocation attempt of each Core that merge builds (the relaxed build, then the
+    compact rebuild under the real caps): MemoryError, inputs untouched, nothing half-made."""
+    before = [persist.dumps(g) for g in parts]
+    reference = persist.dumps(melvin.merge(parts))
+    with _cores_fail_at(merge_mod, -1) as made:
+        melvin.merge(parts)
+    assert len(made) == 2, "the scenario should exercise the compact rebuild too"
+    attempts = [core._alloc_attempts for core in made]
+    raised = 0
+    for which, n in enumerate(attempts):
+        for k in range(1, n + 2):
+            with _cores_fail_at(merge_mod, k, which):
+                try:
+                    merged = melvin.merge(parts)
+                except MemoryError:
+                    raised += 1
+                    continue
+            assert k == n + 1, f"attempt {k} of core {which} failed silently"
+            merged.check()
+            assert persist.dumps(merged) == reference
+    assert [persist.dumps(g) for g in parts] == before
+    return raised
+
+
+def test_merge_fault_sweep(wiki_lines):
+    assert _merge_sweep(_merge_inputs(wiki_lines)) > 0
+
+
+@contextmanager
+def _site_trace():
+    mem._site_trace(True)
+    try:
+        yield
+    finally:
+        mem._site_trace(False)
+
+
+def _site_name(frames):
+    """The functions of a site's frames (addr2line on the debug info). Two sites can share names:
+    one function calling the allocator from two places (e.g. `_count` for two indexes)."""
+    names = []
+    for path, offset in frames:
+        name = f"{os.path.basename(path)}+{offset:#x}"
+        if shutil.which("addr2line") and path != "?":
+            out = subprocess.run(["addr2line", "-f", "-e", path, hex(offset - 1)],
+                                 capture_output=True, text=True).stdout.split("\n")
+            if len(out) > 1 and out[0] and out[0] != "??":
+                name = out[0].replace("__pyx_f_6melvin_5_core_", "")[1:].split("_", 1)[-1]
+        names.append(name)
+    return " <- ".join(names)
+
+
+def test_sweeps_cover_allocation_sites(lines, wiki_lines):
+    """The sweeps together fail >= 95% of the allocation sites their scenarios reach (a site is a
+    distinct chain of callers into the allocator, e.g. growing the edge table from a feed)."""
+    with _site_trace():
+        _sweep_feeds(lines)
+        _sweep_feeds(wiki_lines[:40], melvin.Limits(max_memory="128K"))
+        test_fault_on_new_port(lines)
+        test_prune_under_faults(wiki_lines)
+        test_load_fault_sweep(lines)
+        _merge_sweep(_merge_inputs(wiki_lines))
+        sites = mem._site_report()
+    reached = [s for s in sites if s["attempts"] > 0]
+    covered = [s for s in reached if s["failed"] > 0]
+    report = "\n".join(f"{s['attempts']:8d} {s['failed']:6d}  {_site_name(s['frames'])}"
+                       for s in sorted(reached, key=lambda s: -s["attempts"]))
+    print(f"\nallocation sites reached {len(reached)}, failed and survived {len(covered)} "
+          f"({100 * len(covered) / len(reached):.1f}%)\nattempts failed  site\n{report}")
+    assert len(reached) >= 10
+    assert len(covered) >= 0.95 * len(reached), report

@@ -1,14 +1,112 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 from libc.stdlib cimport malloc, realloc, free
-from libc.stdint cimport SIZE_MAX
+from libc.stdint cimport SIZE_MAX, int64_t
+from libc.string cimport memcmp, memcpy, memset
+
+cdef extern from "execinfo.h" nogil:
+    int backtrace(void** buffer, int size)
+
+cdef extern from "dlfcn.h" nogil:
+    ctypedef struct Dl_info:
+        const char* dli_fname
+        void* dli_fbase
+        const char* dli_sname
+        void* dli_saddr
+    int dladdr(const void* addr, Dl_info* info)
+
+
+# Allocation-site tracing for the fault-injection tests (off by default, process-wide): a site is
+# the chain of the SITE_DEPTH innermost return addresses outside this module, so `_grow` growing
+# the edge table for a feed and `_grow` growing the arena for a port are different sites. The
+# tests count the sites a scenario reaches and the sites whose injected failure they survived.
+cdef enum:
+    SITE_DEPTH = 2
+    SITE_MAX = 512
+    SITE_SCAN = 16
+
+cdef bint _tracing = False
+cdef void* _mem_base = NULL
+cdef int _n_sites = 0
+cdef void* _site_pc[SITE_MAX * SITE_DEPTH]
+cdef int64_t _site_attempts[SITE_MAX]
+cdef int64_t _site_failed[SITE_MAX]
+
+
+cdef int _site_of_attempt() noexcept nogil:
+    global _n_sites
+    cdef void* frames[SITE_SCAN]
+    cdef void* key[SITE_DEPTH]
+    cdef Dl_info info
+    cdef int n = backtrace(frames, SITE_SCAN)
+    cdef int i, k = 0
+    memset(key, 0, sizeof(key))
+    for i in range(n):
+        if dladdr(frames[i], &info) != 0 and info.dli_fbase == _mem_base:
+            continue
+        key[k] = frames[i]
+        k += 1
+        if k == SITE_DEPTH:
+            break
+    for i in range(_n_sites):
+        if memcmp(&_site_pc[i * SITE_DEPTH], key, sizeof(key)) == 0:
+            return i
+    if _n_sites == SITE_MAX:
+        return -1
+    memcpy(&_site_pc[_n_sites * SITE_DEPTH], key, sizeof(key))
+    _site_attempts[_n_sites] = 0
+    _site_failed[_n_sites] = 0
+    _n_sites += 1
+    return _n_sites - 1
 
 
 cdef inline bint _attempt(PoolC* p) noexcept nogil:
+    cdef int site = -1
     p.n_allocs += 1
+    if _tracing:
+        site = _site_of_attempt()
+        if site >= 0:
+            _site_attempts[site] += 1
     if p.fail_at >= 0 and p.n_allocs == p.fail_at:
         p.err = ERR_NOMEM
+        if site >= 0:
+            _site_failed[site] += 1
         return False
     return True
+
+
+def _site_trace(bint on):
+    """Start (clearing what was recorded) or stop allocation-site tracing. Test-only."""
+    global _tracing, _n_sites, _mem_base
+    cdef Dl_info info
+    if on:
+        if dladdr(<void*>pool_alloc, &info) == 0:
+            raise RuntimeError("dladdr cannot locate the mem module")
+        _mem_base = info.dli_fbase
+        _n_sites = 0
+    _tracing = on
+
+
+def _site_report():
+    """Sites recorded since `_site_trace(True)`: a list of dicts with `frames` ((module file,
+    offset of the return address) pairs, innermost first), `attempts` and `failed` counts."""
+    cdef Dl_info info
+    cdef int i, j
+    cdef void* pc
+    out = []
+    for i in range(_n_sites):
+        frames = []
+        for j in range(SITE_DEPTH):
+            pc = _site_pc[i * SITE_DEPTH + j]
+            if pc == NULL:
+                break
+            if dladdr(pc, &info) != 0 and info.dli_fname != NULL:
+                frames.append((info.dli_fname.decode("utf-8", "replace"),
+                               <size_t>pc - <size_t>info.dli_fbase))
+            else:
+                frames.append(("?", <size_t>pc))
+        out.append({"frames": tuple(frames), "attempts": _site_attempts[i],
+                    "failed": _site_failed[i]})
+    return out
 
 
 cdef void* pool_alloc(PoolC* p, size_t n, size_t size) noexcept nogil:
