@@ -73,7 +73,11 @@ class Limits:
     max_payload: longest pattern, in bytes. max_levels: deepest hierarchy level.
     context_len: tokens of context the model conditions on (orders 1..context_len).
     byte_context: lengths of the byte-suffix contexts (the last n bytes, however they were
-        segmented), used as back-off levels below the token contexts; () disables them.
+        segmented), used as back-off levels below the token contexts; () disables them. The
+        default (2, 4, 24): 2 and 4 bytes predict, 24 bytes remember -- a sentence seen once is
+        recalled from its own 24-byte contexts (next-word recall on wiki 0.155 -> 0.915 against
+        (3, 6); bits per byte 2.526 -> 2.504) at about 30% of training speed and 35% more memory.
+        (3, 6) is the faster, forgetful choice.
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
     hierarchy: ablation switch; False keeps every token a single byte.
     embedding_dims, max_transformers, transformer_min_uses, max_heads: caps of the embedding and
@@ -88,7 +92,7 @@ class Limits:
     context_len: int = 1
     hierarchy_min_count: int = 2
     hierarchy: bool = True
-    byte_context: tuple = (3, 6)
+    byte_context: tuple = (2, 4, 24)
     embedding_dims: int = 16
     max_transformers: int = 1 << 16
     transformer_min_uses: int = 32

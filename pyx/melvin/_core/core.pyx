@@ -237,37 +237,38 @@ cdef class Core:
         return out
 
     def _best_supported(self, dict cand):
-        """Greedy choice for generation. As patterns grow, the same continuation is learned under
-        several segmentations ("s", "st", "stone ", "stone tree"): a candidate's probability
-        partly belongs to its longer extensions. Each prefix's probability flows to the
-        candidates extending it in proportion to theirs, so the continuation the evidence
-        agrees on wins over a short prefix. Returns (node, support)."""
-        pays = {d: (self._payload(d) if d != STOP else None) for d in cand}
-        by_payload = {pays[d]: pr for d, pr in cand.items()}
-        ext = {}
-        for d, pr in cand.items():
-            pay = pays[d]
-            if pay is None:
-                continue
-            for i in range(1, len(pay)):
-                if pay[:i] in by_payload:
-                    ext[pay[:i]] = ext.get(pay[:i], 0.0) + pr
-        best = None
-        best_key = None
-        for d, pr in cand.items():
-            pay = pays[d]
-            support = pr
-            if pay is not None and pay not in ext:      # only leaves collect: a prefix has passed its mass on
-                for i in range(1, len(pay)):
-                    q = pay[:i]
-                    if q in by_payload:
-                        support += by_payload[q] * pr / ext[q]
-            elif pay is not None:
-                support = 0.0
-            key = (-support, -pr, self._tie_key(d))
-            if best_key is None or key < best_key:
-                best, best_key = d, key
-        return best, min(1.0, -best_key[0])
+        """Greedy choice for generation, by bytes rather than by token. The same continuation is
+        learned under several segmentations ("s", "st", "stone ", "stone tree"), so one token's
+        probability says little about the text. Walk the candidates' payloads as a trie from the
+        first byte: at each prefix, stop at the token spelling exactly that prefix if it is at
+        least as probable as every longer branch taken together, else follow the most probable
+        branch. Stopping early is safe: the next step's contexts (byte suffixes) see the same
+        bytes however they were cut. Returns (node, probability that the continuation starts
+        with the chosen token's bytes)."""
+        cdef double stop_p = cand.get(STOP, -1.0)
+        group = sorted((self._payload(d), d, pr) for d, pr in cand.items() if d != STOP)
+        depth = 0
+        mass = sum(x[2] for x in group)
+        exact_d, exact_p = (STOP, stop_p) if stop_p >= 0 else (None, -1.0)
+        while True:
+            branches = {}
+            for item in group:
+                if len(item[0]) > depth:
+                    branches.setdefault(item[0][depth], []).append(item)
+            if not branches:
+                break
+            # most probable branch; equal masses go to the smaller byte (never to ids)
+            byte, sub = min(branches.items(), key=lambda kv: (-sum(x[2] for x in kv[1]), kv[0]))
+            sub_mass = sum(x[2] for x in sub)
+            if exact_d is not None and exact_p >= sub_mass:
+                break
+            group, mass, depth = sub, sub_mass, depth + 1
+            exact_d, exact_p = None, -1.0
+            if len(group[0][0]) == depth:          # sorted: the exact token comes first
+                exact_d, exact_p = group[0][1], group[0][2]
+        if exact_d is None:
+            return None, 0.0
+        return exact_d, min(1.0, exact_p if exact_d == STOP else mass)
 
     cdef double _recency(self, uint16_t stamp):
         """Edges remember their last use (in units of 65,536 learned tokens); older evidence
@@ -454,7 +455,10 @@ cdef class Core:
             cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
             if not cand:
                 break
-            best, bp = self._best_supported(cand)
+            choice, bp = self._best_supported(cand)
+            if choice is None:
+                break
+            best = choice
             if best == STOP or bp < min_confidence:
                 break
             # Adaptive stop: a step far less certain than this generation has been so far (the
