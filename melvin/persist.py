@@ -152,8 +152,11 @@ def _int_map(d, names, what) -> dict:
     return out
 
 
-def loads(buf, *, limits: Limits | None = None):
-    """Rebuild a Graph from save()'s bytes (any buffer: bytes, mmap)."""
+def loads(buf, *, limits: Limits | None = None, verify: bool = True):
+    """Rebuild a Graph from save()'s bytes (any buffer: bytes, mmap). Checksums, ids, offsets and
+    counts are always validated; verify=False skips only the final whole-graph consistency check
+    (Graph.check(): about half of the load time), for bytes known to be what melvin wrote, e.g.
+    matched against a recorded sha256 (distributed training does this for its shards)."""
     from melvin.graph import Graph
 
     view = memoryview(buf)
@@ -208,23 +211,23 @@ def loads(buf, *, limits: Limits | None = None):
     use = limits or saved_limits
     core = Core(**use.core_kwargs(), empty=True)
     core.import_state(arrays["nodes"], bytes(sections["arena"]), arrays["contexts"],
-                      arrays["edges"], counters, capacities)
+                      arrays["edges"], counters, capacities, verify=verify)
     return Graph(use, seed, _core=core)
 
 
-def load(path, *, mmap: bool = True):
+def load(path, *, mmap: bool = True, verify: bool = True):
     """Load a brain saved by Graph.save(). With mmap (the default) the file is memory-mapped while it
     is validated and copied into the graph's own tables, instead of read into a bytes object first.
-    Raises CorruptBrainError on any damage."""
+    Raises CorruptBrainError on any damage. verify: see loads()."""
     with open(os.fspath(path), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorruptBrainError("empty brain file")
         if not mmap:
-            return loads(f.read())
+            return loads(f.read(), verify=verify)
         mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
         try:
-            return loads(mm)
+            return loads(mm, verify=verify)
         finally:
             try:
                 mm.close()

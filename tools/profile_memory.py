@@ -5,8 +5,12 @@
 
 Sizes are in MiB (2**20 bytes) throughout. For each prefix of 1, 2, 4, ... MiB of CORPUS (and the whole corpus), a worker subprocess trains a
 fresh graph on the prefix, one line per episode, under `memray run --native`; once with the
-default limits ("uncapped": Limits().max_memory, 25% of RAM) and once with --max-memory ("capped").
-The worker streams the file (its own buffers are constant), so what grows is the graph.
+default limits ("uncapped": Limits().max_memory, 25% of RAM) and once under --max-memory
+("capped"). --max-memory is the budget of the whole process's heap, as in tools/train.py: the
+graph's max_memory is that minus RESERVE (16 MiB) for what the process holds besides the graph
+(the interpreter, numpy and the extension modules, the 1 MiB read buffer, the current line:
+measured at 7-8 MiB and constant in the corpus size). The worker streams the file, so what grows
+is the graph.
 
 Writes to DIR:
     profile.tsv, profile.md  one row per run: config, bytes fed, peak heap (memray's high-water
@@ -17,11 +21,8 @@ Writes to DIR:
     flamegraph.html          memray flamegraph of the largest capped run (uncapped if no cap)
     run-*.bin, run-*.json    memray captures and the workers' own numbers
 
---check exits 1 if any capped run's peak heap exceeds the cap plus FIXED_OVERHEAD: what the
-process holds besides the graph (the interpreter, numpy and the extension modules, the 1 MiB read
-buffer, the current line). Measured at 7-8 MiB and constant in the corpus size (1 MiB cap: 8.3 MiB
-peak heap; 256 MiB cap on an 88 MB corpus: 263.3 MiB); 64 MiB is allowed. A peak heap that tracks
-the corpus size is what --check exists to catch.
+--check exits 1 if any capped run's peak heap exceeds --max-memory. A peak heap that tracks the
+corpus size is what it exists to catch.
 
 Requires memray and matplotlib (`pip install 'melvin[profile]'`). Python 3.10+, Linux.
 """
@@ -36,14 +37,22 @@ import sys
 import time
 
 MB = 1 << 20
-FIXED_OVERHEAD = 64 * MB
+RESERVE = 16 * MB
 
 
 def _worker(args) -> int:
     """Train on the first args.bytes bytes of the corpus; write the numbers as JSON."""
     import melvin
 
-    lim = melvin.Limits(max_memory=args.max_memory) if args.max_memory else melvin.Limits()
+    from melvin.limits import parse_size
+
+    if args.max_memory:
+        budget = parse_size(args.max_memory, "--max-memory")
+        if budget < 2 * RESERVE:
+            raise SystemExit(f"--max-memory must be at least {2 * RESERVE // MB} MiB")
+        lim = melvin.Limits(max_memory=budget - RESERVE)
+    else:
+        lim = melvin.Limits()
     g = melvin.Graph(lim)
     fed = 0
     t0 = time.perf_counter()
@@ -120,7 +129,8 @@ def _write_tables(rows, out, cap):
             f.write("\t".join(str(r[c]) if c != "bytes_per_edge" or r[c] is None
                               else f"{r[c]:.2f}" for c in COLUMNS) + "\n")
     with open(os.path.join(out, "profile.md"), "w") as f:
-        f.write(f"Training on growing prefixes; capped runs use max_memory = {cap / MB:.0f} MiB.\n\n"
+        f.write(f"Training on growing prefixes; capped runs: heap budget {cap / MB:.0f} MiB, graph "
+                f"max_memory {(cap - RESERVE) / MB:.0f} MiB.\n\n"
                 if cap else "Training on growing prefixes.\n\n")
         f.write("| config | MiB fed | peak heap (MiB) | peak RSS (MiB) | graph memory (MiB) | nodes | "
                 "edges | bytes/edge | prunes | train s |\n")
@@ -150,9 +160,10 @@ def _plot(rows, out, cap):
         ax.plot(x, [r["memory_bytes"] / MB for r in rs], "s--", color=color, alpha=0.6,
                 label=f"{label}: graph memory_bytes")
     if cap:
-        ax.axhline(cap / MB, color="gray", linestyle=":", label=f"max_memory {cap / MB:.0f} MiB")
-        ax.axhline((cap + FIXED_OVERHEAD) / MB, color="black", linestyle=":", linewidth=0.8,
-                   label="cap + fixed overhead (--check)")
+        ax.axhline(cap / MB, color="black", linestyle=":",
+                   label=f"--max-memory {cap / MB:.0f} MiB (heap budget, --check)")
+        ax.axhline((cap - RESERVE) / MB, color="gray", linestyle=":", linewidth=0.8,
+                   label=f"graph max_memory {(cap - RESERVE) / MB:.0f} MiB")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bytes fed (MiB)")
     ax.set_ylabel("MiB")
@@ -172,7 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--max-memory", help='cap for the capped runs, e.g. "256M"')
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 if a capped run's peak heap exceeds the cap + FIXED_OVERHEAD")
+                    help="exit 1 if a capped run's peak heap exceeds --max-memory")
     ap.add_argument("--up-to", type=float, help="largest prefix in MiB (default: the whole corpus)")
     ap.add_argument("--no-uncapped", action="store_true", help="skip the uncapped runs")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -213,15 +224,15 @@ def main(argv=None) -> int:
                    check=True, stdout=subprocess.DEVNULL)
     print(f"wrote {os.path.join(args.out, 'profile.tsv')}, profile.md, {plot}, {flame}")
     if args.check:
-        limit = cap + FIXED_OVERHEAD
-        over = [r for r in rows if r["config"] == "capped" and r["peak_heap"] > limit]
+        over = [r for r in rows if r["config"] == "capped" and r["peak_heap"] > cap]
         for r in over:
             print(f"CHECK FAILED: {r['bytes_fed'] / MB:.1f} MiB fed: peak heap "
-                  f"{r['peak_heap'] / MB:.1f} MiB > cap {cap / MB:.0f} MiB + overhead "
-                  f"{FIXED_OVERHEAD / MB:.0f} MiB", file=sys.stderr)
+                  f"{r['peak_heap'] / MB:.1f} MiB > --max-memory {cap / MB:.0f} MiB", file=sys.stderr)
         if over:
             return 1
-        print(f"check passed: every capped run's peak heap <= {limit / MB:.0f} MiB")
+        peak = max((r["peak_heap"] for r in rows if r["config"] == "capped"), default=0)
+        print(f"check passed: every capped run's peak heap <= {cap / MB:.0f} MiB "
+              f"(highest {peak / MB:.1f} MiB)")
     return 0
 
 
