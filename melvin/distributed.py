@@ -500,16 +500,26 @@ def _load(result):
     """A brain a task of this run wrote: its bytes must match the sha256 the task recorded; then
     the whole-graph check is skipped (it was consistent when saved; checksums and ids are still
     validated), which halves the load time of the merge stage."""
+    import mmap
+
     from melvin.persist import loads
-    if "path" in result:
-        with open(result["path"], "rb") as f:
-            data = f.read()
-    else:
-        data = result["data"]
-    if _sha256(data) != result["meta"]["sha256"]:
-        raise DistributedError(f"brain {result.get('path', '(shipped bytes)')} does not match the "
-                               f"sha256 its task recorded")
-    return loads(data, verify=False)
+
+    def checked(data, where):
+        if _sha256(data) != result["meta"]["sha256"]:
+            raise DistributedError(f"brain {where} does not match the sha256 its task recorded")
+        return loads(data, verify=False)
+
+    if "path" not in result:
+        return checked(result["data"], "(shipped bytes)")
+    with open(result["path"], "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return checked(mm, result["path"])
+    finally:
+        try:
+            mm.close()
+        except BufferError:
+            pass      # a traceback still holds views into it; the mapping goes when they do
 
 
 def merge_pair(a: dict, b: dict, limits: Limits, ship: str = "bytes", workdir: str | None = None,
