@@ -100,12 +100,24 @@ def merge(graphs, limits: Limits | None = None):
     gather = np.repeat(starts_all[src] - out_starts, lens) + np.arange(total, dtype=np.int64)
     arena = arena_all[gather].tobytes()
 
-    # 2. Edges as (context key, merged destination), summed.
-    ekeys = np.concatenate([st["contexts"]["key"][st["edges"]["ctx"]] for st in states])
+    # 2. Edges as (context key, merged destination), summed. Contexts are unified first (each
+    #    graph's keys are distinct, and there are fewer contexts than edges); a context no edge
+    #    uses is dropped.
+    ctx_all, ctx_inv = np.unique(np.concatenate([st["contexts"]["key"] for st in states]),
+                                 return_inverse=True)
+    rows, offset = [], 0
+    for st in states:
+        rows.append(ctx_inv[offset + st["edges"]["ctx"].astype(np.int64)])
+        offset += len(st["contexts"])
+    ctx_of_edge = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    used = np.zeros(len(ctx_all), dtype=bool)
+    used[ctx_of_edge] = True
+    if not used.all():
+        ctx_of_edge = (np.cumsum(used) - 1)[ctx_of_edge]
+    ctx_keys = ctx_all[used]
     dsts = np.concatenate([remap[st["edges"]["dst"]] for st, remap in zip(states, remaps)])
     cnt = np.concatenate([st["edges"]["count"].astype(np.int64) for st in states])
     stp = np.concatenate([st["edges"]["stamp"] for st in states])
-    ctx_keys, ctx_of_edge = np.unique(ekeys, return_inverse=True)
     pair = (ctx_of_edge.astype(np.uint64) << np.uint64(32)) | dsts.astype(np.uint64)
     pairs, pair_of_edge = np.unique(pair, return_inverse=True)
     cnt = np.bincount(pair_of_edge, weights=cnt.astype(np.float64), minlength=len(pairs)).astype(np.int64)
