@@ -143,7 +143,11 @@ cdef inline uint64_t trie_hash(uint32_t state, uint32_t byte) noexcept nogil:
     return fmix64(((<uint64_t>state << 8) | byte) ^ <uint64_t>0x6a09e667f3bcc909ULL)
 
 
+cdef inline uint64_t ctx_key_from_poly(uint64_t h, uint32_t n, bint from_start) noexcept nogil:
+    """Key of a byte-suffix context from poly_bytes of its n bytes."""
+    return fmix64(h ^ (<uint64_t>n << 56) ^ (<uint64_t>from_start << 55) ^ <uint64_t>0x3c6ef372fe94f82bULL)
+
+
 cdef inline uint64_t ctx_key_bytes(const uint8_t* tail, uint32_t n, bint from_start) noexcept nogil:
     """Key of a byte-suffix context (the last n bytes; from_start when the episode began there)."""
-    cdef uint64_t h = poly_bytes(tail, n)
-    return fmix64(h ^ (<uint64_t>n << 56) ^ (<uint64_t>from_start << 55) ^ <uint64_t>0x3c6ef372fe94f82bULL)
+    return ctx_key_from_poly(poly_bytes(tail, n), n, from_start)

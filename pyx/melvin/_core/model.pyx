@@ -10,6 +10,13 @@ from melvin._core.store cimport (MemoC, trie_child, append_marker, reserve_nodes
 cdef double PRUNE_SHARE = 0.7
 
 
+# BASE**k for the byte-suffix hashes (byte contexts are at most 64 bytes).
+cdef uint64_t POLY_POW[65]
+POLY_POW[0] = 1
+for _k in range(1, 65):
+    POLY_POW[_k] = POLY_POW[_k - 1] * POLY_BASE()
+
+
 cdef void trace_reset(TraceC* t) noexcept nogil:
     # Every episode starts in the STOP context: what follows STOP is what starts episodes.
     t.ids[0] = STOP
@@ -42,6 +49,8 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
     cdef uint32_t mark_at[4]
     cdef uint64_t mark_key[4]
     cdef NodeC* nd
+    cdef uint32_t take, done = 0
+    cdef uint64_t h = 0
     want = g.byte_orders[g.n_byte_orders - 1] if g.n_byte_orders else 0
     # Gather up to `want` trailing bytes, most recent last. Port markers carry no bytes but do
     # change what follows: a marker inside a context's span salts that context's key.
@@ -52,18 +61,25 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
             mark_at[n_marks] = have
             mark_key[n_marks] = nd.key
             n_marks += 1
-        j = nd.payload_len
-        while j > 0 and have < want:
-            j -= 1
-            have += 1
-            tail[want - have] = g.arena[nd.payload_off + j]
+        take = nd.payload_len if nd.payload_len < want - have else want - have
+        memcpy(tail + want - have - take, g.arena + nd.payload_off + nd.payload_len - take, take)
+        have += take
         i += 1
+    # Every suffix's poly_bytes in one right-to-left pass: the hash of the last L bytes is that of
+    # the last L-1 plus (byte + 1) * BASE**(L-1), so the orders share the work and the additions
+    # do not wait on a chain of multiplications.
     for k in range(g.n_byte_orders):
         if g.byte_orders[k] <= have:
-            keys[n_keys] = ctx_key_bytes(tail + want - g.byte_orders[k], g.byte_orders[k], False)
+            while done < g.byte_orders[k]:
+                h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
+                done += 1
+            keys[n_keys] = ctx_key_from_poly(h, g.byte_orders[k], False)
         elif i < t.n and t.ids[i] == STOP:
             # Near the start of an episode the whole (short) history is the context.
-            keys[n_keys] = ctx_key_bytes(tail + want - have, have, True)
+            while done < have:
+                h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
+                done += 1
+            keys[n_keys] = ctx_key_from_poly(h, have, True)
         else:
             break
         for j in range(n_marks):
