@@ -26,6 +26,7 @@ cdef enum:
 
 cdef bint _tracing = False
 cdef void* _mem_base = NULL
+cdef void* _unwinder_base = NULL      # the module backtrace() lives in (a sanitizer intercepts it)
 cdef int _n_sites = 0
 cdef void* _site_pc[SITE_MAX * SITE_DEPTH]
 cdef int64_t _site_attempts[SITE_MAX]
@@ -41,7 +42,8 @@ cdef int _site_of_attempt() noexcept nogil:
     cdef int i, k = 0
     memset(key, 0, sizeof(key))
     for i in range(n):
-        if dladdr(frames[i], &info) != 0 and info.dli_fbase == _mem_base:
+        if dladdr(frames[i], &info) != 0 and (info.dli_fbase == _mem_base or
+                                              info.dli_fbase == _unwinder_base):
             continue
         key[k] = frames[i]
         k += 1
@@ -76,12 +78,15 @@ cdef inline bint _attempt(PoolC* p) noexcept nogil:
 
 def _site_trace(bint on):
     """Start (clearing what was recorded) or stop allocation-site tracing. Test-only."""
-    global _tracing, _n_sites, _mem_base
+    global _tracing, _n_sites, _mem_base, _unwinder_base
     cdef Dl_info info
     if on:
         if dladdr(<void*>pool_alloc, &info) == 0:
             raise RuntimeError("dladdr cannot locate the mem module")
         _mem_base = info.dli_fbase
+        _unwinder_base = info.dli_fbase
+        if dladdr(<void*>backtrace, &info) != 0:
+            _unwinder_base = info.dli_fbase
         _n_sites = 0
     _tracing = on
 
