@@ -398,6 +398,14 @@ def _sha256(data) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
 def _atomic_write(path: str, data, sync: bool = True) -> None:
     atomic_write(path, lambda f: f.write(data), sync=sync)
 
@@ -500,26 +508,14 @@ def _load(result):
     """A brain a task of this run wrote: its bytes must match the sha256 the task recorded; then
     the whole-graph check is skipped (it was consistent when saved; checksums and ids are still
     validated), which halves the load time of the merge stage."""
-    import mmap
+    from melvin.persist import load, loads
 
-    from melvin.persist import loads
-
-    def checked(data, where):
-        if _sha256(data) != result["meta"]["sha256"]:
-            raise DistributedError(f"brain {where} does not match the sha256 its task recorded")
-        return loads(data, verify=False)
-
-    if "path" not in result:
-        return checked(result["data"], "(shipped bytes)")
-    with open(result["path"], "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        return checked(mm, result["path"])
-    finally:
-        try:
-            mm.close()
-        except BufferError:
-            pass      # a traceback still holds views into it; the mapping goes when they do
+    path = result.get("path")
+    digest = _file_sha256(path) if path else _sha256(result["data"])
+    if digest != result["meta"]["sha256"]:
+        raise DistributedError(f"brain {path or '(shipped bytes)'} does not match the sha256 its "
+                               f"task recorded")
+    return load(path, verify=False) if path else loads(result["data"], verify=False)
 
 
 def merge_pair(a: dict, b: dict, limits: Limits, ship: str = "bytes", workdir: str | None = None,
@@ -569,14 +565,11 @@ def _check_resume(shard: Shard, limits: Limits, seed: int, directory: str):
             manifest.get("version") != MANIFEST_VERSION or \
             manifest.get("identity") != shard.identity(limits, seed):
         return None
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        digest = _file_sha256(path)
     except OSError:
         return None
-    if "sha256:" + h.hexdigest() != manifest.get("sha256"):
+    if digest != manifest.get("sha256"):
         log.warning("checkpointed shard %s does not match its manifest's checksum: retraining", path)
         return None
     return manifest, path

@@ -258,8 +258,9 @@ cdef class Core:
             if not branches:
                 break
             # most probable branch; equal masses go to the smaller byte (never to ids)
-            byte, sub = min(branches.items(), key=lambda kv: (-sum(x[2] for x in kv[1]), kv[0]))
-            sub_mass = sum(x[2] for x in sub)
+            sub_mass, byte = min((-sum(x[2] for x in items), b) for b, items in branches.items())
+            sub_mass = -sub_mass
+            sub = branches[byte]
             if exact_d is not None and exact_p >= sub_mass:
                 break
             group, mass, depth = sub, sub_mass, depth + 1

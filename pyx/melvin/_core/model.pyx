@@ -49,7 +49,7 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
     cdef uint32_t mark_at[4]
     cdef uint64_t mark_key[4]
     cdef NodeC* nd
-    cdef uint32_t take, done = 0
+    cdef uint32_t take, span, done = 0
     cdef uint64_t h = 0
     want = g.byte_orders[g.n_byte_orders - 1] if g.n_byte_orders else 0
     # Gather up to `want` trailing bytes, most recent last. Port markers carry no bytes but do
@@ -70,18 +70,15 @@ cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept n
     # do not wait on a chain of multiplications.
     for k in range(g.n_byte_orders):
         if g.byte_orders[k] <= have:
-            while done < g.byte_orders[k]:
-                h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
-                done += 1
-            keys[n_keys] = ctx_key_from_poly(h, g.byte_orders[k], False)
+            span = g.byte_orders[k]
         elif i < t.n and t.ids[i] == STOP:
-            # Near the start of an episode the whole (short) history is the context.
-            while done < have:
-                h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
-                done += 1
-            keys[n_keys] = ctx_key_from_poly(h, have, True)
+            span = have                   # near the start of an episode: the whole short history
         else:
             break
+        while done < span:
+            h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
+            done += 1
+        keys[n_keys] = ctx_key_from_poly(h, span, g.byte_orders[k] > have)
         for j in range(n_marks):
             if mark_at[j] < g.byte_orders[k]:
                 keys[n_keys] = fmix64(keys[n_keys] ^ mark_key[j])
