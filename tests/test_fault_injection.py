@@ -221,13 +221,14 @@ def _merge_inputs(wiki_lines):
 
 
 def _merge_sweep(parts):
-    """Fail every allocation attempt of each Core that merge builds (the relaxed build, then the
-    compact rebuild under the real caps): MemoryError, inputs untouched, nothing half-made."""
+    """Fail every allocation attempt of each Core that merge builds (the attempt under the real
+    caps, which this sum does not fit, the relaxed build, then the compact rebuild under the real
+    caps): MemoryError, inputs untouched, nothing half-made."""
     before = [persist.dumps(g) for g in parts]
     reference = persist.dumps(melvin.merge(parts))
     with _cores_fail_at(merge_mod, -1) as made:
         melvin.merge(parts)
-    assert len(made) == 2, "the scenario should exercise the compact rebuild too"
+    assert len(made) == 3, "the scenario should exercise the pruned, compact rebuild too"
     attempts = [core._alloc_attempts for core in made]
     raised = 0
     for which, n in enumerate(attempts):
