@@ -203,3 +203,30 @@ def test_generate_confidence_and_limits(trained):
     # an impossible confidence requirement stops generation at once (no step reaches it)
     strict = trained.generate(b"April", min_confidence=1.0)
     assert len(strict) <= len(trained.generate(b"April"))
+
+
+def test_sorted_exclusion_ranges_equal_the_walk(wiki_lines):
+    """Busy contexts answer exclusion sums from sorted successor ranges: the same doubles as
+    walking their lists, before and after the graph learns more (the scratch is rebuilt)."""
+    from melvin._core import model
+    from melvin.persist import dumps, loads
+
+    g = melvin.Graph()
+    for line in wiki_lines[:300]:
+        g.feed(line)
+    walk, ranges = loads(dumps(g)), loads(dumps(g))
+    held = wiki_lines[300:360]
+    prompts = _random_prompts(held, 30)
+    try:
+        for step in range(2):
+            model._set_excl_min(0xFFFFFFFF)
+            want = [walk.score_bits(x) for x in held] + [walk.predict(p, k=8) for p in prompts]
+            model._set_excl_min(2)
+            got = [ranges.score_bits(x) for x in held] + [ranges.predict(p, k=8) for p in prompts]
+            assert ranges._core._excl_held > 0
+            assert got == want
+            for x in held[:10]:
+                walk.feed(x)
+                ranges.feed(x)
+    finally:
+        model._set_excl_min(256)

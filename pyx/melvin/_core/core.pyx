@@ -517,6 +517,11 @@ cdef class Core:
     def _alloc_attempts(self):
         return self.g.pool.n_allocs
 
+    @property
+    def _excl_held(self):
+        """Busy contexts whose sorted successors the scoring scratch holds (tests)."""
+        return self.g.excl.n_ctx
+
     # --- invariants --------------------------------------------------------------------------
     def check(self):
         cdef GraphC* g = &self.g

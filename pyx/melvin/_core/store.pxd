@@ -15,10 +15,31 @@ cdef struct MemoC:
     double value
 
 
+# Successors of the busiest contexts sorted by (port, payload), with prefix sums of their counts,
+# so the mass of the tokens that start with a given byte string is two binary searches (scoring's
+# exclusion sums). Query scratch owned by the Core, rebuilt lazily after the graph changes.
+cdef struct ExclSlotC:
+    uint32_t ctx1                  # context id + 1 (0: empty slot)
+    uint32_t n                     # successors
+    uint64_t off                   # their ids at ids[off:off+n], prefix sums at pre[off+i:off+i+n+1]
+    uint64_t pre_off
+
+
+cdef struct ExclC:
+    uint64_t version               # graph version + 1 the contents belong to (0: empty)
+    ExclSlotC* slots               # open addressing on the context id, EXCL_SLOTS entries
+    uint32_t n_ctx                 # contexts held
+    uint32_t walks                 # busy-context walks since the graph last changed
+    uint32_t* ids
+    uint32_t* pre
+    uint64_t used_ids, used_pre, cap_ids, cap_pre
+
+
 cdef struct GraphC:
     PoolC pool
     MemoC* memo                    # NULL until a query needs it; not counted in memory_bytes
     uint64_t memo_mask
+    ExclC excl                     # empty until a query meets a busy context; not in memory_bytes
     NodeC* nodes
     CtxC* ctxs
     EdgeC* edges

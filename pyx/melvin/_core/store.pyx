@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 from libc.string cimport memcpy, memset, memmove
+from libc.stdlib cimport free
 from melvin._core.mem cimport pool_alloc, pool_resize, pool_free, ERR_LIMIT, ERR_CAP
 
 
@@ -12,6 +13,10 @@ cdef int store_init(GraphC* g) noexcept nogil:
 
 
 cdef void store_free(GraphC* g) noexcept nogil:
+    free(g.excl.slots)                   # query scratch (libc, not the pool): see ExclC
+    free(g.excl.ids)
+    free(g.excl.pre)
+    memset(&g.excl, 0, sizeof(ExclC))
     pool_free(&g.pool, g.nodes, g.cap_nodes, sizeof(NodeC))
     pool_free(&g.pool, g.ctxs, g.cap_ctxs, sizeof(CtxC))
     pool_free(&g.pool, g.edges, g.cap_edges, sizeof(EdgeC))
