@@ -218,9 +218,16 @@ cdef class Core:
         """Every token observed after any order of the current context, with its probability.
         With `exclude`, tokens greedy segmentation rules out are dropped and the rest renormalised
         (the distribution predict and score use); generation ranks by the plain mixture, because
-        the text it writes is not re-segmented between steps."""
+        the text it writes is not re-segmented between steps, and without the 1-byte context (the
+        first key, when byte_orders starts at 1): it sharpens the scoring distribution but blurs
+        recall of what followed a longer context (assoc recall 0.900 with it, 0.915 without)."""
         cdef dict out = {}
         cdef uint32_t k, e, d, a = tr.ids[0] if exclude else STOP
+        cdef uint32_t own[MAX_CONTEXT + 8]
+        if not exclude and m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:
+            memcpy(own, cis, m * sizeof(uint32_t))
+            own[0] = NONE
+            cis = own
         cdef double norm = 1.0 - excluded_mass(&self.g, a, cis, m)
         for k in range(m):
             if cis[k] == NONE:
