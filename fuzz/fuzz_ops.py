@@ -16,5 +16,6 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
+    targets.use_sorted_ranges_everywhere()
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

@@ -38,6 +38,15 @@ from melvin.errors import CapExceeded, CorruptBrainError, MelvinError
 # as the example of the mechanism).
 SUPPRESS = frozenset(filter(None, os.environ.get("MELVIN_FUZZ_SUPPRESS", "").split(",")))
 
+
+def use_sorted_ranges_everywhere() -> None:
+    """Scoring answers exclusion sums over contexts with >= 256 successors from sorted ranges,
+    which small fuzzed graphs never reach: the fuzzing processes lower the threshold to 2, so the
+    range code runs on every graph (its results equal the walk's: tests/test_probability.py)."""
+    from melvin._core import model
+    model._set_excl_min(2)
+
+
 KB = 1 << 10
 MIN_MEMORY = 64 * KB
 MAX_MEMORY = 2 << 20

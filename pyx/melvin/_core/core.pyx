@@ -13,7 +13,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
-                                 trie_insert_node_checked,
+                                 trie_build,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
@@ -906,6 +906,5 @@ cdef class Core:
         rebuild_index(g, 0)
         rebuild_index(g, 1)
         rebuild_index(g, 2)
-        for v in range(nn):
-            if trie_insert_node_checked(g, v) < 0:
-                raise CorruptBrainError("trie capacity too small for the payloads")
+        if trie_build(g) < 0:
+            raise CorruptBrainError("trie capacity too small for the payloads")

@@ -96,8 +96,9 @@ cdef uint32_t append_marker(GraphC* g, uint8_t port) noexcept nogil
 cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil
 # Walks/extends the trie along the node's payload; needs reserve_trie(len + 1) first.
 cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil
-# The same for loading: -1 (trie unchanged) if a new state would exceed the allocated capacity.
-cdef int trie_insert_node_checked(GraphC* g, uint32_t node) noexcept nogil
+# Loading: every node's payload into the empty trie, aggregates included; -1 (trie partial) if a
+# new state would exceed the allocated capacity of the trie or its index.
+cdef int trie_build(GraphC* g) noexcept nogil
 # Add to the subtree aggregates along the node's trie path (after its count changed).
 cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil
 
