@@ -591,12 +591,18 @@ cdef class Core:
                     raise InvariantError(f"node {v} payload is not left+right")
             if not full:
                 continue
-            # the trie leads to it
+            # the trie leads to it: from the root, or (by induction, components come first and
+            # were checked already) on from the left component's state
             state = g.port_root[nd.port]
             if state == NONE:
                 raise InvariantError(f"port {nd.port} has nodes but no trie root")
-            for j in range(nd.payload_len):
+            j = 0
+            if nd.left != NONE and g.nodes[nd.left].state != NONE and g.nodes[nd.left].port == nd.port:
+                state = g.nodes[nd.left].state
+                j = g.nodes[nd.left].payload_len
+            while j < nd.payload_len:
                 state = trie_child(g, state, g.arena[nd.payload_off + j])
+                j += 1
                 if state == NONE:
                     raise InvariantError(f"trie path of node {v} broken")
             if g.trie[state].node != v or nd.state != state:
