@@ -617,12 +617,12 @@ cdef class Core:
                     raise InvariantError(f"port {j} lacks the byte node {s}")
         if counts != g.total_count:
             raise InvariantError("total_count differs from the node counts")
+        if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
+            raise InvariantError("counts too large for the trie aggregates")
         if not full:
             return self._check_contexts_and_edges(False)
         agg_arr = np.zeros(g.n_trie, dtype=np.uint64)
         cdef uint64_t[::1] agg = agg_arr          # typed: C indexing, not Python's per element
-        if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
-            raise InvariantError("counts too large for the trie aggregates")
         for v in range(g.n_nodes):
             s = g.nodes[v].state
             while s != NONE and v != STOP:
