@@ -521,13 +521,13 @@ def _load(result):
 def merge_pair(a: dict, b: dict, limits: Limits, ship: str = "bytes", workdir: str | None = None,
                name: str = "merge") -> dict:
     """Merge two brains (a task): melvin.merge of the loaded brains, under limits."""
-    from melvin.merge import merge
+    from melvin.merge import merge_consuming
     from melvin.persist import dumps
 
     t0 = time.perf_counter()
     ga = _load(a)
     gb = _load(b)
-    m = merge([ga, gb], limits)
+    m = merge_consuming([ga, gb], limits)          # the loaded brains are scratch
     del ga, gb
     data = dumps(m)
     meta = {"kind": "merge", "name": name, "seconds": round(time.perf_counter() - t0, 3),

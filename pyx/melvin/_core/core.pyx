@@ -13,10 +13,10 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
-                                 trie_build,
+                                 trie_build, shrink_to_fit,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
+                                 add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
                                  is_excluded, excluded_mass, prob_next, SMOOTH_SCORE,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
@@ -142,6 +142,43 @@ cdef class Core:
     def prune_to(self, size_t target_bytes, uint64_t target_edges):
         with nogil:
             prune_to(&self.g, target_bytes, target_edges, NULL)
+
+    # --- merging -------------------------------------------------------------------------------
+    def absorb(self, Core other):
+        """Add other's patterns, contexts and edges (melvin.merge); other is unchanged. On failure
+        (MemoryError, CapExceeded) this graph is consistent but partly merged."""
+        cdef int rc
+        if other is self:
+            raise ValueError("a graph cannot absorb itself")
+        if other.limits["byte_orders"] != self.limits["byte_orders"] or \
+                other.limits["context_len"] != self.limits["context_len"]:
+            raise ValueError("graphs with different context limits (byte_context, context_len) "
+                             "have incompatible contexts and cannot be merged")
+        if other.g.max_payload > self.g.max_payload or other.g.max_levels > self.g.max_levels:
+            raise ValueError("the graph to absorb allows longer or deeper patterns "
+                             "(max_payload, max_levels) than this one")
+        with nogil:
+            rc = absorb(&self.g, &other.g)
+        if rc < 0:
+            self._raise("merging")
+
+    def set_caps(self, size_t max_memory, uint32_t max_nodes, uint32_t max_edges):
+        """Change the memory and count caps of a graph that already fits them; the peak memory
+        restarts from what the graph holds (what it took under other caps is not its history)."""
+        if self.g.pool.used > max_memory or self.g.n_nodes > max_nodes or \
+                self.g.n_edges > max_edges:
+            raise CapExceeded("the graph does not fit the new caps")
+        self.g.pool.cap = max_memory
+        self.g.max_nodes = max_nodes
+        self.g.max_edges = max_edges
+        self.g.pool.peak = self.g.pool.used
+        self.limits = dict(self.limits, max_memory=max_memory, max_nodes=max_nodes,
+                           max_edges=max_edges)
+
+    def shrink(self):
+        """Give back unused capacity (best effort)."""
+        with nogil:
+            shrink_to_fit(&self.g)
 
     # --- queries -----------------------------------------------------------------------------
     def score_bits(self, const uint8_t[::1] data, int port=0):

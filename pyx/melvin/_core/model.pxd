@@ -19,6 +19,8 @@ cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil
 
 cdef int graph_init(GraphC* g) noexcept nogil
 cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
+# Add graph o into g (melvin.merge's semantics); -1 with g.pool.err, g consistent, partly merged.
+cdef int absorb(GraphC* g, GraphC* o) noexcept nogil
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
                      const uint8_t* b, size_t nb, uint8_t pb) noexcept nogil

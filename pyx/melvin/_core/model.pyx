@@ -8,7 +8,8 @@ cdef extern from "stdlib.h" nogil:
                  int (*compar)(const void*, const void*, void*) noexcept nogil, void* arg)
 from melvin._core.store cimport (MemoC, ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
-                                 rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest)
+                                 rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
+                                 node_find, trie_sum_aggregates)
 
 # Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
 cdef double PRUNE_SHARE = 0.7
@@ -939,3 +940,156 @@ cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC*
         if _prune_round(g, protect) == 0 or rounds >= 40:
             break
     return rounds
+
+
+# --- merging ------------------------------------------------------------------------------------
+
+cdef inline uint32_t _ceil_shift(uint32_t c, uint32_t s) noexcept nogil:
+    return (c + (1u << s) - 1) >> s
+
+
+cdef int _absorb_into(GraphC* g, GraphC* o, uint32_t* nmap) noexcept nogil:
+    cdef uint32_t u, v, l, r, c, ci, e, ei, d, sh, add, p
+    cdef uint64_t key
+    cdef NodeC* nu
+    cdef NodeC* nv
+    # Room for all of o up front: one growth instead of many rehashes, and indexes that stay
+    # sparse while the lookups run (a failed probe reads a record per occupied slot it passes).
+    if reserve_ctxs(g, o.n_ctxs) < 0 or reserve_edges(g, o.n_edges) < 0:
+        return -1
+    for p in range(256):
+        if o.port_root[p] != NONE and add_port(g, <uint8_t>p) < 0:
+            return -1
+        if o.port_marker[p] != NONE and ensure_marker(g, <uint8_t>p) < 0:
+            return -1
+    # patterns, in o's order: components come before what they form
+    for u in range(o.n_nodes):
+        nu = &o.nodes[u]
+        if u == STOP:
+            v = STOP
+        elif nu.payload_len == 0:
+            v = g.port_marker[nu.port]
+        else:
+            v = node_find(g, nu.key, o.arena + nu.payload_off, nu.payload_len, nu.port)
+            l = nmap[nu.left] if nu.left != NONE else NONE
+            r = nmap[nu.right] if nu.right != NONE else NONE
+            if v == NONE:
+                if reserve_nodes(g, 1, nu.payload_len) < 0 or reserve_trie(g, nu.payload_len + 1) < 0:
+                    return -1
+                v = append_node(g, o.arena + nu.payload_off, nu.payload_len, nu.port, nu.level, l, r)
+                trie_insert_node(g, v)
+            else:
+                nv = &g.nodes[v]
+                if nu.level > nv.level:
+                    nv.level = nu.level
+                if l != NONE and l < v and r < v and (nv.left == NONE or
+                        g.nodes[l].payload_len < g.nodes[nv.left].payload_len):
+                    nv.left = l
+                    nv.right = r
+        nmap[u] = v
+        nv = &g.nodes[v]
+        nv.count = nv.count + nu.count if nu.count < 0xFFFFFFF0u - nv.count else 0xFFFFFFF0u
+    # contexts and their edges
+    for c in range(o.n_ctxs):
+        if o.ctxs[c].head == NONE:
+            continue
+        key = ctx_key(&o.ctxs[c])
+        ci = ctx_find(g, key)
+        if ci == NONE:
+            # a context new to g: its edges are all new too, and need no lookup
+            if reserve_ctxs(g, 1) < 0 or reserve_edges(g, 1) < 0:
+                return -1
+            ci = append_ctx(g, key)
+            e = o.ctxs[c].head
+            while e != NONE:
+                if reserve_edges(g, 1) < 0:
+                    return -1
+                ei = append_edge(g, ci, nmap[o.edges[e].dst])
+                g.edges[ei].stamp = o.edges[e].stamp
+                g.edges[ei].count = o.edges[e].count
+                g.ctxs[ci].total += o.edges[e].count
+                e = o.edges[e].next
+            continue
+        # the rescaling both sides need before their sums fit (none while the totals fit)
+        sh = 0
+        if <uint64_t>g.ctxs[ci].total + o.ctxs[c].total > 0xFFFF:
+            e = o.ctxs[c].head
+            while e != NONE:
+                ei = _edge_in(g, ci, nmap[o.edges[e].dst])
+                if ei != NONE:
+                    while _ceil_shift(g.edges[ei].count, sh) + \
+                            _ceil_shift(o.edges[e].count, sh) > 0xFFFF:
+                        sh += 1
+                e = o.edges[e].next
+        if sh:
+            g.ctxs[ci].total = 0
+            e = g.ctxs[ci].head
+            while e != NONE:
+                g.edges[e].count = <uint16_t>_ceil_shift(g.edges[e].count, sh)
+                g.ctxs[ci].total += g.edges[e].count
+                e = g.edges[e].next
+        e = o.ctxs[c].head
+        while e != NONE:
+            d = nmap[o.edges[e].dst]
+            ei = _edge_in(g, ci, d)
+            if ei == NONE:
+                if reserve_edges(g, 1) < 0:
+                    return -1
+                ei = append_edge(g, ci, d)
+                g.edges[ei].stamp = o.edges[e].stamp
+            elif o.edges[e].stamp > g.edges[ei].stamp:
+                g.edges[ei].stamp = o.edges[e].stamp
+            add = _ceil_shift(o.edges[e].count, sh)
+            g.edges[ei].count = <uint16_t>(g.edges[ei].count + add)
+            g.ctxs[ci].total += add
+            e = o.edges[e].next
+    return 0
+
+
+cdef inline uint32_t _edge_in(GraphC* g, uint32_t ci, uint32_t d) noexcept nogil:
+    """edge_find for a context with few successors is a walk of its list: a failed index probe
+    reads a record per occupied slot it passes, a short list fewer."""
+    cdef uint32_t e
+    if g.ctxs[ci].distinct > 8:
+        return edge_find(g, ci, d)
+    e = g.ctxs[ci].head
+    while e != NONE and g.edges[e].dst != d:
+        e = g.edges[e].next
+    return e
+
+
+cdef int absorb(GraphC* g, GraphC* o) noexcept nogil:
+    """Add graph o into g (melvin.merge): patterns unified by (port, payload) with counts added,
+    the higher level and the split with the shorter left part; contexts unified by key; edges
+    (context, next pattern) with counts added and the later stamp. In a context where a sum would
+    not fit 16 bits, both sides' counts are first rescaled (halved, rounding up) as often as
+    needed. o is not changed. Returns -1 with g.pool.err set on failure: g is then consistent but
+    only partly merged."""
+    cdef uint32_t v
+    cdef int rc
+    cdef uint32_t* nmap = <uint32_t*>malloc((<size_t>o.n_nodes + 1) * sizeof(uint32_t))
+    if nmap == NULL:
+        g.pool.err = ERR_NOMEM
+        return -1
+    rc = _absorb_into(g, o, nmap)
+    free(nmap)
+    # whatever got merged, the derived totals stay exact
+    g.total_count = 0
+    for v in range(g.n_nodes):
+        g.total_count += g.nodes[v].count
+    while g.total_count + g.n_nodes >= 0xFFFFFF00u:
+        g.total_count = 0                 # age, as training does before anything could wrap
+        for v in range(g.n_nodes):
+            g.nodes[v].count >>= 1
+            g.total_count += g.nodes[v].count
+    trie_sum_aggregates(g)
+    if rc == 0:
+        g.bytes_fed += o.bytes_fed
+        g.tokens_fed += o.tokens_fed
+        g.episodes += o.episodes
+        g.formed += o.formed
+        g.pruned_nodes += o.pruned_nodes
+        g.pruned_edges += o.pruned_edges
+        g.pruned_ctxs += o.pruned_ctxs
+        g.prunes += o.prunes
+    return rc

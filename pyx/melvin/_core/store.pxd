@@ -99,6 +99,8 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil
 # Loading: every node's payload into the empty trie, aggregates included; -1 (trie partial) if a
 # new state would exceed the allocated capacity of the trie or its index.
 cdef int trie_build(GraphC* g) noexcept nogil
+# Recompute every state's aggregate from the node counts.
+cdef void trie_sum_aggregates(GraphC* g) noexcept nogil
 # Add to the subtree aggregates along the node's trie path (after its count changed).
 cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil
 

@@ -330,6 +330,12 @@ cdef int trie_build(GraphC* g) noexcept nogil:
             state = child
         g.trie[state].node = v
         n.state = state
+    trie_sum_aggregates(g)
+    return 0
+
+
+cdef void trie_sum_aggregates(GraphC* g) noexcept nogil:
+    cdef uint32_t v, s
     for s in range(g.n_trie):
         g.trie[s].agg = 0
     for v in range(g.n_nodes):
@@ -340,7 +346,6 @@ cdef int trie_build(GraphC* g) noexcept nogil:
         s -= 1
         if g.trie[s].parent != NONE:
             g.trie[g.trie[s].parent].agg += g.trie[s].agg
-    return 0
 
 
 cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nogil:
