@@ -89,7 +89,9 @@ MIN_DEFAULT_SHARD = 64 << 10
 MANIFEST_FORMAT = "melvin-shard"
 MANIFEST_VERSION = 1
 FIXED_OVERHEAD = 64 << 20
-MERGE_FACTOR = 12          # a pairwise merge's peak RSS, in units of one input graph's memory_bytes
+MERGE_FACTOR = 4           # a pairwise merge's peak RSS, in units of one input graph's memory_bytes
+                           # (measured: two 240 MiB graphs merge in 428 MiB peak RSS, two of
+                           # ~700 MiB in 2.5x the larger; absorbing reserves room for both once)
 _BLANK = b" \t\r\n\x0b\x0c"
 _SCAN = 1 << 20
 
