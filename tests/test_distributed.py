@@ -136,6 +136,39 @@ def test_merge_is_order_independent(a, b, c):
         assert dumps(melvin.merge(order)) == ref
 
 
+def test_merge_refuses_incompatible_contexts():
+    a = _graph(["hello world"] * 3)
+    b = melvin.Graph(melvin.Limits(max_memory="16M", byte_context=(3, 6)))
+    b.feed("hello world")
+    with pytest.raises(ValueError, match="context limits"):
+        melvin.merge([a, b])
+    with pytest.raises(ValueError, match="context limits"):
+        a._core.absorb(b._core)
+    with pytest.raises(ValueError):
+        a._core.absorb(a._core)
+
+
+def test_merge_consuming_equals_merge():
+    """The distributed merge builds inside a loaded input instead of a copy: the same graph
+    (spare capacity may differ)."""
+    import importlib
+
+    from melvin.persist import loads
+
+    merge_mod = importlib.import_module("melvin.merge")
+
+    def content(g):
+        st = g._core.export_state()
+        st["counters"].pop("peak_memory_bytes")
+        return [st[k].tobytes() for k in ("nodes", "contexts", "edges")], st["arena"], st["counters"]
+
+    a, b = _graph(["hello world", "hello there"] * 4), _graph(["world of hello", "there"] * 5)
+    want = melvin.merge([a, b])
+    got = merge_mod.merge_consuming([loads(dumps(b)), loads(dumps(a))])
+    got.check()
+    assert content(got) == content(want)
+
+
 def test_merge_rescales_contexts_that_overflow():
     g = melvin.Graph(SMALL)
     for i in range(48000):
