@@ -29,8 +29,9 @@ episodes, in order. With
 brain into the work directory and returns its path; with ``ship="bytes"`` it returns the brain as
 bytes (melvin.persist.dumps) and nothing but the inputs need be visible to the workers. Brains are
 then merged pairwise in a fixed tree (shard 0 with 1, 2 with 3, ..., then the results in the same
-way) by tasks that run melvin.merge on the two loaded brains under ``limits``; the last one is
-written atomically to ``out``. Inputs are read by the workers at the client's absolute paths (a
+way) by tasks that merge the two loaded brains under ``limits`` (melvin.merge's semantics, built
+inside the larger brain instead of a copy: melvin.merge.merge_consuming); the last one is written
+atomically to ``out``. Inputs are read by the workers at the client's absolute paths (a
 shared mount, or the same copy on every machine); each task checks the input's size and
 fingerprint against the plan and refuses a different file.
 
