@@ -12,7 +12,9 @@ Semantics of `merge(graphs)`:
   then the bytes of their brains), each added into the first by hash lookups (Core.absorb), so the
   same inputs in any order give a byte-identical brain; new patterns, contexts and edges are
   numbered after the first graph's, in the order of the graph that brought them;
-- the result takes `limits` (default: the first graph's) and is pruned to respect them; graphs with
+- the result takes `limits` (default: the first graph's); a sum over them loses its least recently
+  used singletons (edges seen once) until it fits 90% of max_memory, aging everything only if those
+  run out, and is rebuilt compactly; graphs with
   different context limits (byte_context, context_len) cannot be merged (ValueError).
 Merging with an empty graph changes nothing observable: predictions, scores and counts are equal
 (memory layout may differ).
@@ -26,6 +28,7 @@ from melvin.errors import CapExceeded
 from melvin.limits import Limits
 
 _RESERVE = 16 << 20
+MERGE_FILL = 0.9        # a merged graph over its memory cap is trimmed to this share of it
 
 
 def merge(graphs, limits: Limits | None = None):
@@ -104,10 +107,21 @@ def _merge(graphs, limits: Limits, consume: bool):
         core.absorb(g._core)
     core.shrink()
     st = core.stats()
-    if st["memory_bytes"] > limits.max_memory or st["edges"] > limits.max_edges:
-        core.prune_to(int(limits.max_memory * 0.7), limits.max_edges)
-    if core.stats()["nodes"] > limits.max_nodes:
-        raise CapExceeded(f"merged graph has {core.stats()['nodes']} patterns, over max_nodes "
+    if st["nodes"] > limits.max_nodes:
+        raise CapExceeded(f"merged graph has {st['nodes']} patterns, over max_nodes "
                           f"{limits.max_nodes}; raise Limits.max_nodes")
-    core.set_caps(limits.max_memory, limits.max_nodes, limits.max_edges)
-    return Graph(limits, base.seed, _core=core)
+    if st["memory_bytes"] <= limits.max_memory and st["edges"] <= limits.max_edges:
+        core.set_caps(limits.max_memory, limits.max_nodes, limits.max_edges)
+        return Graph(limits, base.seed, _core=core)
+    # Over the caps: drop the least recently used singletons the sum must lose (one aging round,
+    # as training prunes, would drop about half of it), then rebuild compactly under the caps.
+    # Both depend on the contents only, so the result does too.
+    core.trim_to(int(limits.max_memory * MERGE_FILL), limits.max_edges)
+    st = core.export_state()
+    capacities = core.compact_capacities()
+    del core
+    st["counters"]["peak_memory_bytes"] = 0           # the relaxed build's peak is not this graph's
+    final = Core(**limits.core_kwargs(), empty=True)
+    final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
+                       capacities, verify=False)
+    return Graph(limits, base.seed, _core=final)

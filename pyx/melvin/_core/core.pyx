@@ -16,7 +16,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  trie_build, shrink_to_fit,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to,
+                                 add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  is_excluded, excluded_mass, prob_next, SMOOTH_SCORE,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
@@ -142,6 +142,28 @@ cdef class Core:
     def prune_to(self, size_t target_bytes, uint64_t target_edges):
         with nogil:
             prune_to(&self.g, target_bytes, target_edges, NULL)
+
+    def trim_to(self, uint64_t target_bytes, uint64_t target_edges):
+        """Drop least recently used singletons until compact_bytes <= target_bytes and edges <=
+        target_edges (aging only when they run out); rebuild compactly afterwards."""
+        with nogil:
+            trim_to(&self.g, target_bytes, target_edges)
+
+    @property
+    def compact_bytes(self):
+        """memory_bytes once rebuilt with compact_capacities()."""
+        return compact_bytes(&self.g)
+
+    def compact_capacities(self):
+        """Capacities for import_state that rebuild this graph with 1/8 spare room (the trie
+        sized by its actual states, which the default sizing can only bound by the payload
+        bytes); compact_bytes is what they take."""
+        cdef uint64_t nn = self.g.n_nodes, nc = self.g.n_ctxs, ne = self.g.n_edges
+        cdef uint64_t na = self.g.n_arena, nt = self.g.n_trie
+        return dict(nodes=nn + nn // 8 + 64, contexts=nc + nc // 8 + 64, edges=ne + ne // 8 + 64,
+                    trie=nt + nt // 8 + 64, arena=na + na // 8 + 64, node_index=nn * 5 // 3 + 64,
+                    context_index=nc * 5 // 3 + 64, edge_index=ne * 5 // 3 + 64,
+                    trie_index=nt * 5 // 3 + 64)
 
     # --- merging -------------------------------------------------------------------------------
     def absorb(self, Core other):
