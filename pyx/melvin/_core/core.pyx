@@ -17,6 +17,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
+                                 compact_caps,
                                  is_excluded, excluded_mass, prob_next, SMOOTH_SCORE,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
@@ -155,15 +156,11 @@ cdef class Core:
         return compact_bytes(&self.g)
 
     def compact_capacities(self):
-        """Capacities for import_state that rebuild this graph with 1/8 spare room (the trie
-        sized by its actual states, which the default sizing can only bound by the payload
-        bytes); compact_bytes is what they take."""
-        cdef uint64_t nn = self.g.n_nodes, nc = self.g.n_ctxs, ne = self.g.n_edges
-        cdef uint64_t na = self.g.n_arena, nt = self.g.n_trie
-        return dict(nodes=nn + nn // 8 + 64, contexts=nc + nc // 8 + 64, edges=ne + ne // 8 + 64,
-                    trie=nt + nt // 8 + 64, arena=na + na // 8 + 64, node_index=nn * 5 // 3 + 64,
-                    context_index=nc * 5 // 3 + 64, edge_index=ne * 5 // 3 + 64,
-                    trie_index=nt * 5 // 3 + 64)
+        """Capacities for import_state that rebuild this graph with 1/8 spare room (compact_caps);
+        compact_bytes is what they take."""
+        cdef uint64_t caps[9]
+        compact_caps(&self.g, caps)
+        return {name: caps[i] for i, name in enumerate(CAPACITY_NAMES)}
 
     # --- merging -------------------------------------------------------------------------------
     def absorb(self, Core other):

@@ -42,5 +42,6 @@ cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil
 # Merging: drop least recently used singletons until the compactly rebuilt graph would fit.
+cdef void compact_caps(GraphC* g, uint64_t* caps) noexcept nogil
 cdef uint64_t compact_bytes(GraphC* g) noexcept nogil
 cdef int trim_to(GraphC* g, uint64_t target_bytes, uint64_t target_edges) noexcept nogil

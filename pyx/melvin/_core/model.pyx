@@ -660,16 +660,22 @@ cdef void _excl_range(GraphC* g, ExclSlotC* slot, uint8_t port, const uint8_t* c
     items[0] += lo - first
 
 
-cdef uint32_t _min_extensions(GraphC* g, uint32_t top, uint32_t* ends, uint32_t cap) noexcept nogil:
-    """The trie states below `top` (a's state) that end a's minimal extensions, in trie order;
-    cap + 1 if there are more than cap."""
+cdef uint32_t _min_extensions(GraphC* g, uint32_t top, uint8_t port, uint32_t* ends, uint32_t cap,
+                              double* weight) noexcept nogil:
+    """The trie states below `top` (a's state) that end a's minimal extensions (a+c is a node, no
+    shorter one is), in trie order: the first `cap` go to ends. With `weight`, each one's subtree
+    weight (count + 1 of every token starting with c) is added to it and all are counted;
+    without, the walk stops at cap + 1."""
     cdef uint32_t n = 0, s = g.trie[top].first_child
     while s != NONE:
         if g.trie[s].node != NONE:
-            if n == cap:
+            if n < cap:
+                ends[n] = s
+            elif weight == NULL:
                 return cap + 1
-            ends[n] = s
             n += 1
+            if weight != NULL:
+                weight[0] += _subtree_weight(g, top, s, port)
         elif g.trie[s].first_child != NONE:
             s = g.trie[s].first_child
             continue
@@ -735,7 +741,7 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
             slot = NULL
             if x.distinct >= EXCL_MIN:
                 if not have_ext:
-                    n_ext = _min_extensions(g, top, ends, EXCL_MAX_EXT)
+                    n_ext = _min_extensions(g, top, port, ends, EXCL_MAX_EXT, NULL)
                     have_ext = True
                 if n_ext <= EXCL_MAX_EXT:
                     slot = _excl_get(g, cis[k])
@@ -773,18 +779,7 @@ cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noex
     # one is) is excluded; the trie aggregates give their (count + 1) sums directly.
     if not _memo_get(g, (<uint64_t>NONE << 32) | a, &zero):
         zero = 0.0
-        s = g.trie[top].first_child
-        while s != NONE:
-            if g.trie[s].node != NONE:
-                zero += _subtree_weight(g, top, s, port)
-            elif g.trie[s].first_child != NONE:
-                s = g.trie[s].first_child
-                continue
-            while s != top and g.trie[s].next_sibling == NONE:
-                s = g.trie[s].parent
-            if s == top:
-                break
-            s = g.trie[s].next_sibling
+        _min_extensions(g, top, port, ends, 0, &zero)
         _memo_put(g, (<uint64_t>NONE << 32) | a, zero)
     total += weight * zero / (<double>g.total_count + g.n_nodes)
     return total
@@ -833,14 +828,52 @@ cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port
     return bits
 
 
+cdef void _compact_edges(GraphC* g, uint32_t shift, bint remap) noexcept nogil:
+    """Keep the edges whose count >> shift is non-zero (with remap, also whose destination
+    survives: nodes[dst].aux != NONE, renumbered to aux), their counts shifted; drop the contexts
+    left without edges; compact both arrays in place (order kept) and set their lengths. Lists,
+    totals and indexes are the caller's to rebuild."""
+    cdef uint32_t c, e, w, nc = 0, ne = 0
+    cdef EdgeC* ed
+    # contexts keep `distinct` as a survivor counter, then `head` as their new index
+    for c in range(g.n_ctxs):
+        g.ctxs[c].distinct = 0
+    for e in range(g.n_edges):
+        ed = &g.edges[e]
+        if (ed.count >> shift) and (not remap or g.nodes[ed.dst].aux != NONE):
+            g.ctxs[ed.ctx].distinct += 1
+    for c in range(g.n_ctxs):
+        if g.ctxs[c].distinct:
+            g.ctxs[c].head = nc
+            nc += 1
+        else:
+            g.ctxs[c].head = NONE
+    for e in range(g.n_edges):
+        ed = &g.edges[e]
+        if (ed.count >> shift) and (not remap or g.nodes[ed.dst].aux != NONE):
+            w = g.ctxs[ed.ctx].head
+            g.edges[ne] = ed[0]
+            g.edges[ne].ctx = w
+            g.edges[ne].count = ed.count >> shift
+            if remap:
+                g.edges[ne].dst = g.nodes[ed.dst].aux
+            ne += 1
+    for c in range(g.n_ctxs):
+        w = g.ctxs[c].head
+        if w != NONE:
+            g.ctxs[w].key_lo = g.ctxs[c].key_lo
+            g.ctxs[w].key_hi = g.ctxs[c].key_hi
+    g.n_ctxs = nc
+    g.n_edges = ne
+
+
 cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
     """Age everything once (halve counts) and drop what reaches zero, compacting in place.
     Allocation-free apart from optional shrinking, so it works at the very edge of the budget.
     Returns the number of items removed."""
-    cdef uint32_t v, w, c, e, i, nn = 0, nc = 0, ne = 0, arena = 0
+    cdef uint32_t v, w, i, nn = 0, arena = 0
     cdef uint32_t old_nodes = g.n_nodes, old_ctxs = g.n_ctxs, old_edges = g.n_edges
     cdef NodeC* nd
-    cdef EdgeC* ed
     # 1. nodes: halve counts; hierarchy nodes that reach zero go, unless the trace holds them.
     for v in range(g.n_nodes):
         g.nodes[v].aux = 0
@@ -857,36 +890,10 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
         else:
             nd.aux = nn
             nn += 1
-    # 2. contexts keep `distinct` as a survivor counter, then `head` as their new index. A context
-    #    holding a dropped node is never looked up again (its key names the payload) and ages out.
-    for c in range(g.n_ctxs):
-        g.ctxs[c].distinct = 0
-    for e in range(g.n_edges):
-        ed = &g.edges[e]
-        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE:
-            g.ctxs[ed.ctx].distinct += 1
-    for c in range(g.n_ctxs):
-        if g.ctxs[c].distinct:
-            g.ctxs[c].head = nc
-            nc += 1
-        else:
-            g.ctxs[c].head = NONE
-    # 3. edges, compacted forward with remapped ends.
-    for e in range(g.n_edges):
-        ed = &g.edges[e]
-        if (ed.count >> 1) and g.nodes[ed.dst].aux != NONE and g.ctxs[ed.ctx].head != NONE:
-            g.edges[ne].ctx = g.ctxs[ed.ctx].head
-            g.edges[ne].dst = g.nodes[ed.dst].aux
-            g.edges[ne].count = ed.count >> 1
-            g.edges[ne].stamp = ed.stamp
-            ne += 1
-    # 4. contexts, compacted.
-    for c in range(g.n_ctxs):
-        w = g.ctxs[c].head
-        if w != NONE:
-            g.ctxs[w].key_lo = g.ctxs[c].key_lo
-            g.ctxs[w].key_hi = g.ctxs[c].key_hi
-    # 5. nodes and their payloads, compacted (payload offsets grow with ids, so moves go forward).
+    # 2. edges (halved, ends remapped) and contexts. A context holding a dropped node is never
+    #    looked up again (its key names the payload) and ages out.
+    _compact_edges(g, 1, True)
+    # 3. nodes and their payloads, compacted (payload offsets grow with ids, so moves go forward).
     if protect != NULL:
         for i in range(protect.n):
             protect.ids[i] = g.nodes[protect.ids[i]].aux
@@ -911,8 +918,6 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
         g.nodes[w].aux = 0
         arena += g.nodes[w].payload_len
     g.n_nodes = nn
-    g.n_ctxs = nc
-    g.n_edges = ne
     g.n_arena = arena
     g.total_count = 0
     for v in range(nn):
@@ -921,9 +926,9 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
     rebuild_indexes(g)
     shrink_to_fit(g)
     g.pruned_nodes += old_nodes - nn
-    g.pruned_ctxs += old_ctxs - nc
-    g.pruned_edges += old_edges - ne
-    return (old_nodes - nn) + (old_ctxs - nc) + (old_edges - ne)
+    g.pruned_ctxs += old_ctxs - g.n_ctxs
+    g.pruned_edges += old_edges - g.n_edges
+    return (old_nodes - nn) + (old_ctxs - g.n_ctxs) + (old_edges - g.n_edges)
 
 
 cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil:
@@ -946,14 +951,27 @@ cdef enum:
     AGE_BUCKETS = 4096              # singleton ages, in units of 65536 tokens (older: last bucket)
 
 
+cdef void compact_caps(GraphC* g, uint64_t* caps) noexcept nogil:
+    """Capacities (in store_alloc_exact's order: nodes, contexts, edges, trie, arena, then their
+    four indexes) that hold the graph with 1/8 spare room, the trie sized by its actual states
+    (loading's default can only bound it by the payload bytes): a function of the contents."""
+    cdef uint64_t n[5]
+    cdef int i
+    n[0] = g.n_nodes; n[1] = g.n_ctxs; n[2] = g.n_edges; n[3] = g.n_trie; n[4] = g.n_arena
+    for i in range(5):
+        caps[i] = n[i] + n[i] // 8 + 64
+    for i in range(4):
+        caps[5 + i] = n[i] * 5 // 3 + 64
+
+
 cdef uint64_t compact_bytes(GraphC* g) noexcept nogil:
-    """The memory the graph takes once rebuilt compactly (Core.compact_capacities): a function of
-    its contents only, unlike memory_bytes, which also counts spare capacity."""
-    cdef uint64_t nn = g.n_nodes, nc = g.n_ctxs, ne = g.n_edges, na = g.n_arena, nt = g.n_trie
-    return ((nn + nn // 8 + 64) * sizeof(NodeC) + (nc + nc // 8 + 64) * sizeof(CtxC)
-            + (ne + ne // 8 + 64) * sizeof(EdgeC) + (nt + nt // 8 + 64) * sizeof(TrieC)
-            + na + na // 8 + 64
-            + (nn * 5 // 3 + nc * 5 // 3 + ne * 5 // 3 + nt * 5 // 3 + 256) * sizeof(uint32_t))
+    """The memory the graph takes rebuilt with compact_caps: unlike memory_bytes, which also
+    counts spare capacity, a function of its contents only."""
+    cdef uint64_t caps[9]
+    compact_caps(g, caps)
+    return (caps[0] * sizeof(NodeC) + caps[1] * sizeof(CtxC) + caps[2] * sizeof(EdgeC)
+            + caps[3] * sizeof(TrieC) + caps[4]
+            + (caps[5] + caps[6] + caps[7] + caps[8]) * sizeof(uint32_t))
 
 
 cdef uint64_t _drop_old_singletons(GraphC* g, uint64_t want) noexcept nogil:
@@ -961,7 +979,7 @@ cdef uint64_t _drop_old_singletons(GraphC* g, uint64_t want) noexcept nogil:
     contexts left without edges; every other count and every pattern stays. Compacts in place
     (no allocation; spare capacity is kept); returns how many edges went."""
     cdef uint32_t hist[AGE_BUCKETS]
-    cdef uint32_t e, c, age, cut, ne = 0, nc = 0, w
+    cdef uint32_t e, age, cut
     cdef uint16_t now = <uint16_t>(g.tokens_fed >> 16)
     cdef uint64_t older = 0, at_cut
     cdef uint32_t old_ctxs = g.n_ctxs, old_edges = g.n_edges
@@ -978,8 +996,6 @@ cdef uint64_t _drop_old_singletons(GraphC* g, uint64_t want) noexcept nogil:
     if older == 0:
         return 0
     at_cut = hist[cut] - (older - want) if older > want else hist[cut]
-    for c in range(g.n_ctxs):
-        g.ctxs[c].distinct = 0
     for e in range(g.n_edges):
         ed = &g.edges[e]
         if ed.count == 1:
@@ -990,33 +1006,12 @@ cdef uint64_t _drop_old_singletons(GraphC* g, uint64_t want) noexcept nogil:
                 if age == cut:
                     at_cut -= 1
                 ed.count = 0              # marked
-                continue
-        g.ctxs[ed.ctx].distinct += 1
-    for c in range(g.n_ctxs):
-        if g.ctxs[c].distinct:
-            g.ctxs[c].head = nc
-            nc += 1
-        else:
-            g.ctxs[c].head = NONE
-    for e in range(g.n_edges):
-        ed = &g.edges[e]
-        if ed.count:
-            w = g.ctxs[ed.ctx].head
-            g.edges[ne] = ed[0]
-            g.edges[ne].ctx = w
-            ne += 1
-    for c in range(g.n_ctxs):
-        w = g.ctxs[c].head
-        if w != NONE:
-            g.ctxs[w].key_lo = g.ctxs[c].key_lo
-            g.ctxs[w].key_hi = g.ctxs[c].key_hi
-    g.n_ctxs = nc
-    g.n_edges = ne
+    _compact_edges(g, 0, False)
     rebuild_edge_lists(g)
     rebuild_indexes(g)
-    g.pruned_ctxs += old_ctxs - nc
-    g.pruned_edges += old_edges - ne
-    return old_edges - ne
+    g.pruned_ctxs += old_ctxs - g.n_ctxs
+    g.pruned_edges += old_edges - g.n_edges
+    return old_edges - g.n_edges
 
 
 cdef int trim_to(GraphC* g, uint64_t target_bytes, uint64_t target_edges) noexcept nogil:
