@@ -86,6 +86,20 @@ def test_temporal_after_and_before():
     assert g.after("never seen pattern zzz") == [] or all(w >= 0 for _, w in g.after("zzz"))
 
 
+def test_bytewise_prediction_follows_the_longest_byte_context():
+    # Without hierarchy the last token is one byte; its busy context must not drown the longer
+    # byte contexts (the interpolation runs by span): "abc" and "dbc" end alike, differ 3 bytes back.
+    g = melvin.Graph(melvin.Limits(hierarchy=False))
+    for _ in range(20):
+        g.feed(b"abcx")
+        g.feed(b"dbcy")
+        g.feed(b"ecz")
+    for prompt, want in ((b"abc", b"x"), (b"dbc", b"y"), (b"ec", b"z")):
+        (tok, p), *_ = g.predict(prompt)
+        assert tok == want and p > 0.8, (prompt, g.predict(prompt))
+    assert g.generate(b"ab") == b"cx"
+
+
 def test_before_weights_follow_counts():
     g = melvin.Graph(melvin.Limits(hierarchy=False))
     for _ in range(30):

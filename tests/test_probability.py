@@ -9,9 +9,11 @@ import melvin
 STOP = 256
 
 
-@pytest.fixture(scope="module")
-def trained(wiki_lines):
-    g = melvin.Graph()
+@pytest.fixture(scope="module", params=[True, False], ids=["hierarchy", "bytewise"])
+def trained(wiki_lines, request):
+    # bytewise (hierarchy off) scores with its own smoothing and interleaves many byte contexts
+    # with the one-byte token context: both must stay one proper distribution
+    g = melvin.Graph(melvin.Limits(hierarchy=request.param))
     for i, line in enumerate(wiki_lines[:60]):
         g.feed(line)
         if i % 10 == 0:

@@ -18,7 +18,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 is_excluded, excluded_mass, prob_next, SMOOTH_SCORE,
+                                 is_excluded, excluded_mass, prob_next, score_smoothing,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -295,7 +295,7 @@ cdef class Core:
                                                    self.g.nodes[d].payload_len > 0)) and \
                         not is_excluded(&self.g, a, d):
                     out[d] = prob_of(&self.g, cis, m, d,
-                                     &SMOOTH_SCORE if exclude else &SMOOTH_RECALL) / norm
+                                     score_smoothing(&self.g) if exclude else &SMOOTH_RECALL) / norm
                 e = self.g.edges[e].next
         return out
 

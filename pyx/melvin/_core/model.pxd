@@ -34,6 +34,9 @@ cdef struct SmoothC:
 
 cdef SmoothC SMOOTH_SCORE       # calibrated probabilities: predict, score
 cdef SmoothC SMOOTH_RECALL      # greedy generation: trusts memorised (deterministic) contexts more
+cdef SmoothC SMOOTH_BYTES       # predict and score without hierarchy (one-byte tokens)
+# The scoring parameters for this graph: SMOOTH_BYTES without hierarchy, else SMOOTH_SCORE.
+cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
