@@ -145,11 +145,13 @@ def _recalls(g, prompt: str, expected: str) -> bool:
     return got.startswith(w) and (len(got) == len(w) or not got[len(w):len(w) + 1].isalnum())
 
 
-@pytest.mark.parametrize("byte_context", [None, (1, 2, 4, 24)])
-def test_next_word_recall_on_assoc(wiki_lines, byte_context):
+@pytest.mark.parametrize("byte_context,hierarchy", [(None, True), ((1, 2, 4, 24), True),
+                                                   (None, False)],
+                         ids=["default", "with-1-byte-context", "bytewise"])
+def test_next_word_recall_on_assoc(wiki_lines, byte_context, hierarchy):
     """A sentence seen once is recalled from its own long byte contexts, however differently the
     prompt is segmented from the training text (issue target: >= 90% of assoc.tsv). With a 1-byte
-    context too (it only sharpens scoring: generation leaves it out)."""
+    context too (it only sharpens scoring: generation leaves it out), and without hierarchy."""
     import csv
 
     from conftest import CORPUS
@@ -158,7 +160,7 @@ def test_next_word_recall_on_assoc(wiki_lines, byte_context):
     if not path.exists():
         pytest.skip(f"{path} is absent")
     rows = list(csv.DictReader(open(path), delimiter="\t"))
-    g = melvin.Graph(melvin.Limits(byte_context=byte_context) if byte_context else None)
+    g = melvin.Graph(melvin.Limits(byte_context=byte_context, hierarchy=hierarchy))
     for line in wiki_lines:
         g.feed(line)
     hits = sum(_recalls(g, r["prompt"], r["expected"]) for r in rows)

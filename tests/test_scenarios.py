@@ -1,10 +1,18 @@
-"""The behaviour scenarios of DESIGN.md "Semantics the tests hold us to", each on a fresh Graph()."""
+"""The behaviour scenarios of DESIGN.md "Semantics the tests hold us to", each on a fresh Graph(),
+with hierarchy (the default) and without (bytewise)."""
+import pytest
+
 import melvin
 
 
-def _train(sequences, times, check_every=1):
+@pytest.fixture(params=[True, False], ids=["hierarchy", "bytewise"])
+def make(request):
+    return lambda: melvin.Graph(melvin.Limits(hierarchy=request.param))
+
+
+def _train(make, sequences, times, check_every=1):
     """Feed `sequences` interleaved `times` times, calling check() after every `check_every`-th feed."""
-    g = melvin.Graph()
+    g = make()
     n = 0
     for _ in range(times):
         for seq in sequences:
@@ -16,13 +24,13 @@ def _train(sequences, times, check_every=1):
     return g
 
 
-def test_hello_world():
-    g = _train([b"hello world"], 5)
+def test_hello_world(make):
+    g = _train(make, [b"hello world"], 5)
     assert g.generate(b"hello") == b" world"
 
 
-def test_hello_world_then_there():
-    g = melvin.Graph()
+def test_hello_world_then_there(make):
+    g = make()
     for _ in range(5):
         g.feed(b"hello world")
         g.check()
@@ -32,8 +40,8 @@ def test_hello_world_then_there():
     assert g.generate(b"hello ") in (b"world", b"there")
 
 
-def test_interleaved_four_sentences():
-    g = _train([b"hello world", b"hello friend", b"goodbye world", b"goodbye friend"], 50,
+def test_interleaved_four_sentences(make):
+    g = _train(make, [b"hello world", b"hello friend", b"goodbye world", b"goodbye friend"], 50,
                check_every=10)
     assert g.generate(b"hello w") == b"orld"
     assert g.generate(b"hello f") == b"riend"
@@ -41,36 +49,36 @@ def test_interleaved_four_sentences():
     assert g.generate(b"goodbye f") == b"riend"
 
 
-def test_catmeow_dogwoof():
-    g = _train([b"catmeow", b"dogwoof"], 50, check_every=10)
+def test_catmeow_dogwoof(make):
+    g = _train(make, [b"catmeow", b"dogwoof"], 50, check_every=10)
     assert g.generate(b"cat") == b"meow"
     assert g.generate(b"dog") == b"woof"
 
 
-def test_go_left_go_right():
-    g = _train([b"go leftforest", b"go rightcave"], 40, check_every=10)
+def test_go_left_go_right(make):
+    g = _train(make, [b"go leftforest", b"go rightcave"], 40, check_every=10)
     assert g.generate(b"go left") == b"forest"
     assert g.generate(b"go right") == b"cave"
 
 
-def test_the_cat_sat_the_dog_ran():
-    g = _train([b"the cat sat", b"the dog ran"], 100, check_every=10)
+def test_the_cat_sat_the_dog_ran(make):
+    g = _train(make, [b"the cat sat", b"the dog ran"], 100, check_every=10)
     assert g.generate(b"the cat") == b" sat"
     assert g.generate(b"the dog") == b" ran"
 
 
-def test_abcdefgh():
-    g = _train([b"abcdefgh"], 200, check_every=10)
+def test_abcdefgh(make):
+    g = _train(make, [b"abcdefgh"], 200, check_every=10)
     assert g.generate(b"abcd") == b"efgh"
 
 
-def test_first_then_second_then_third_then_done():
-    g = _train([b"first then second then third then done"], 15)
+def test_first_then_second_then_third_then_done(make):
+    g = _train(make, [b"first then second then third then done"], 15)
     assert g.generate(b"first then") == b" second then third then done"
 
 
-def test_str_and_bytes_agree():
-    a = _train(["hello world"], 5)
-    b = _train([b"hello world"], 5)
+def test_str_and_bytes_agree(make):
+    a = _train(make, ["hello world"], 5)
+    b = _train(make, [b"hello world"], 5)
     assert a.generate("hello") == b.generate(b"hello") == b" world"
     assert a.stats() == b.stats()
