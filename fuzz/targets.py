@@ -105,6 +105,9 @@ def limits_from(r: Bytes) -> melvin.Limits:
         byte_context=BYTE_CONTEXTS[(b[4] >> 2) % len(BYTE_CONTEXTS)],
         hierarchy_min_count=2 + (b[4] >> 5) % 3,
         max_levels=1 + (b[5] & 7),
+        # a quarter of the inputs learn bytewise (every token one byte: its own smoothing, and the
+        # one-byte token context interleaved with the byte contexts)
+        hierarchy=(b[5] & 0xC0) != 0xC0,
     )
 
 

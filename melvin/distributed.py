@@ -17,7 +17,8 @@ are exactly those the single-process trainer feeds for that range (the concatena
 shards is the single-process episode stream).
 
 Vocabulary sample. With several shards, the first ``vocab_bytes`` of the first input (default
-1/16 of the input, at most 16 MiB) are trained first, by one task. Shard 0 continues that graph
+1/16 of the input, at most 16 MiB) are trained first: by the client while the worker processes of
+a LocalCluster it starts come up (planned before they exist), else by one task. Shard 0 continues that graph
 over the rest of its range; every other shard starts from its patterns only (``vocabulary()``: the
 hierarchy, no counts, contexts or edges), so all shards segment text alike and their counts line
 up when merged (on 16 MB in 2 shards: +1.9% held-out bits per byte over single-process instead of
@@ -578,6 +579,34 @@ def _check_resume(shard: Shard, limits: Limits, seed: int, directory: str):
     return manifest, path
 
 
+class _Background:
+    """fn(*args) in a thread (the core releases the GIL while it learns); result() joins and
+    returns its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self._out = self._exc = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
+                                        name="melvin-vocabulary-sample")
+        self._thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self._out = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._exc = exc
+
+    def join(self):
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._out
+
+
 def _client_for(workers, scheduler, retries):
     """(client, cluster or None, description)."""
     try:
@@ -651,8 +680,30 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
         os.makedirs(checkpoint_dir, exist_ok=True)
 
+    def make_plan(n):
+        return plan_shards(inputs, split=split, workers=n, shards=shards, shard_bytes=shard_bytes,
+                           max_episode=max_episode, limit_bytes=limit_bytes,
+                           vocab_bytes=vocab_bytes, exclude=[out])
+
     t_start = time.perf_counter()
-    client, cluster, address = _client_for(workers, scheduler, retries)
+    plan = early = None
+    if scheduler is None:
+        # A local cluster's size is known before it starts: plan now, and train the vocabulary
+        # sample here while the worker processes start, instead of as the first task after.
+        n_local = workers if workers is not None else (os.cpu_count() or 1)
+        if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        plan = make_plan(n_local)
+        if plan.sample is not None and not (checkpoint_dir and resume and all(
+                os.path.exists(os.path.join(checkpoint_dir, sh.filename(limits, seed))[:-4] + ".json")
+                for sh in plan)):
+            early = _Background(train_shard, plan.sample, limits, seed, "bytes")
+    try:
+        client, cluster, address = _client_for(workers, scheduler, retries)
+    except BaseException:
+        if early is not None:
+            early.join()
+        raise
     run = uuid.uuid4().hex[:12]
     scratch = workdir = None
     try:
@@ -661,9 +712,8 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         log.info("dask scheduler %s with %d worker(s); dashboard: %s", address, n_workers, dashboard)
         t_cluster = time.perf_counter() - t_start
 
-        plan = plan_shards(inputs, split=split, workers=n_workers, shards=shards,
-                           shard_bytes=shard_bytes, max_episode=max_episode,
-                           limit_bytes=limit_bytes, vocab_bytes=vocab_bytes, exclude=[out])
+        if plan is None:
+            plan = make_plan(n_workers)
         total_bytes = plan.nbytes
         log.info("plan: %d shard(s) of ~%.1f MB (%d input bytes), vocabulary sample %s, ship=%s",
                  len(plan), sum(s.nbytes for s in plan) / len(plan) / 1e6, total_bytes,
@@ -704,7 +754,12 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                                                 pure=False))
                     del data
                 continue
-            if shard.base != "empty" and sample_future is None:
+            if shard.base != "empty" and sample_future is None and early is not None:
+                # trained here while the cluster started: carried in a task of its own, like a
+                # resumed shard, so losing a worker cannot lose it
+                sample_future = client.submit(_identity, early.result(),
+                                              key=f"melvin-sample-{run}", pure=False)
+            elif shard.base != "empty" and sample_future is None:
                 # the vocabulary sample: trained once, first; every shard task starts from it
                 sample_future = client.submit(train_shard, plan.sample, limits, seed, "bytes",
                                               key=f"melvin-sample-{run}", retries=retries,
@@ -853,6 +908,8 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                         os.unlink(os.path.join(workdir, name))
                     except OSError:
                         pass
+        if early is not None:
+            early.join()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         if cluster is not None:

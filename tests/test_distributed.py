@@ -302,6 +302,16 @@ def test_deterministic_across_runs_and_ship_modes(client, baseline, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]   # scratch removed
 
 
+def test_own_local_cluster_gives_the_same_brain(baseline, tmp_path):
+    # workers=N starts its own cluster and trains the vocabulary sample while it starts (not as
+    # a task): the brain must be the one the task path builds
+    out = tmp_path / "local.mlv"
+    s = train_distributed([str(TRAIN)], out, limits=LIMITS, workers=2, shards=3,
+                          limit_bytes=LIMIT)
+    assert s["workers"] == 2 and s["vocab_sample_bytes"] > 0 and s["vocab_sample_seconds"] > 0
+    assert _sha(out) == baseline["sha"]
+
+
 def test_one_shard_is_the_single_process_brain(client, single, tmp_path):
     out = tmp_path / "one.mlv"
     s = train_distributed([str(TRAIN)], out, limits=LIMITS, scheduler=client, shards=1,
