@@ -81,11 +81,11 @@ class Limits:
         segmented), interpolated with the token contexts by the bytes each spans; () disables
         them. Default (None): (2, 4, 24) with hierarchy, (2, 3, 4, 5, 6, 8, 12, 24) without.
         With hierarchy, (2, 4, 24): 2 and 4 bytes predict, 24 bytes remember -- a sentence seen once is
-        recalled from its own 24-byte contexts (next-word recall on wiki 0.155 -> 0.915 against
+        recalled from its own 24-byte contexts (next-word recall on wiki 0.15 -> 0.935 against
         (3, 6); bits per byte 2.526 -> 2.504) at about 30% of training speed and 35% more memory.
         (3, 6) is the faster, forgetful choice. (1, 2, 4, 24) predicts better (held-out bits per
         byte 2.504 -> 2.466 on wiki, 2.261 -> 2.220 after 16 MB of big.txt; 8% more edges, ~4%
-        slower; generation leaves the 1-byte context out, so recall stays 0.915), but under very
+        slower; generation leaves the 1-byte context out, so recall stays above 0.9), but under very
         small budgets (128-160 KiB) it prunes sooner and forgets a phrase seen three times, which
         (2, 4, 24) keeps: not the default.
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
