@@ -554,6 +554,16 @@ def _identity(x):
     return x
 
 
+def _submit_data(client, value, **kw):
+    """A task that returns `value`, carried in the task itself (so losing a worker cannot lose
+    it). dask warns about every task graph over 10 MB; a brain is meant to be one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        return client.submit(_identity, value, **kw)
+
+
 # --- the driver -----------------------------------------------------------------------------------
 
 def _check_resume(shard: Shard, limits: Limits, seed: int, directory: str):
@@ -749,15 +759,15 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                     with open(path, "rb") as f:
                         data = f.read()
                     # carried in the task itself (not scattered), so losing a worker cannot lose it
-                    leaves.append(client.submit(_identity, {"meta": meta, "data": data},
-                                                key=f"melvin-resumed-{run}-{shard.index:05d}",
-                                                pure=False))
+                    leaves.append(_submit_data(client, {"meta": meta, "data": data},
+                                               key=f"melvin-resumed-{run}-{shard.index:05d}",
+                                               pure=False))
                     del data
                 continue
             if shard.base != "empty" and sample_future is None and early is not None:
                 # trained here while the cluster started: carried in a task of its own, like a
                 # resumed shard, so losing a worker cannot lose it
-                sample_future = client.submit(_identity, early.result(),
+                sample_future = _submit_data(client, early.result(),
                                               key=f"melvin-sample-{run}", pure=False)
             elif shard.base != "empty" and sample_future is None:
                 # the vocabulary sample: trained once, first; every shard task starts from it
