@@ -1076,7 +1076,7 @@ def run_from_args(args) -> int:
         else:
             from melvin.limits import physical_memory
             budget = graph_budget(int(physical_memory() * 0.8 / g("workers")))
-        limits = Limits(max_memory=budget)
+        limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False))
 
         def progress(done, total, what):
             nonlocal bar

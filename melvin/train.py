@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="process memory budget: 80%%, 2G, 512M, bytes (default 80%% of RAM)")
     ap.add_argument("--graph-memory", default=None,
                     help="set the graph's own budget (Limits.max_memory) directly")
+    ap.add_argument("--bytewise", action="store_true",
+                    help="learn every byte as its own token (Limits(hierarchy=False)): the best "
+                         "bits per byte, at about a fifth of the speed and with far more memory "
+                         "per input byte")
     ap.add_argument("--checkpoint-every", type=_size_arg("--checkpoint-every", allow_zero=True),
                     default=None,
                     help="checkpoint every N input bytes (64M; 0 = only at the end)")
@@ -408,6 +412,9 @@ class Trainer:
                 want = parse_size(args.graph_memory, "--graph-memory")
             elif args.max_memory is not None:
                 want = graph_budget(args.max_memory)
+            if args.bytewise and self.graph.limits.hierarchy:
+                raise TrainError("--bytewise: the checkpoint was trained with hierarchy; refusing "
+                                 "to resume (omit --bytewise, or start a new brain)")
             if want is not None and want != self.graph.limits.max_memory:
                 raise TrainError(f"the checkpoint's graph budget is {self.graph.limits.max_memory} "
                                  f"bytes; the given memory option asks for {want}: refusing to resume "
@@ -447,7 +454,8 @@ class Trainer:
                 budget = parse_size(args.graph_memory, "--graph-memory")
             else:
                 budget = graph_budget(args.max_memory if args.max_memory is not None else "80%")
-            self.graph = melvin.Graph(melvin.Limits(max_memory=budget), seed=args.seed)
+            self.graph = melvin.Graph(melvin.Limits(max_memory=budget,
+                                                    hierarchy=not args.bytewise), seed=args.seed)
             try:
                 os.unlink(self.manifest_path)       # a stale manifest must not pair with the new brain
             except FileNotFoundError:

@@ -417,6 +417,24 @@ def test_budget_prunes_and_stays_under(tmp_path):
     assert melvin.load(tmp_path / "m.mlv").check()
 
 
+def test_bytewise_trains_one_byte_tokens_and_resumes(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(make_text(120_000, seed=8))
+    out = tmp_path / "b.mlv"
+    s = train_json(path, "--out", out, "--graph-memory", "64M", "--bytewise", "--limit-bytes",
+                   "40000")
+    assert s["hierarchy_nodes"] == 0
+    s = train_json(path, "--out", out, "--resume")       # the checkpoint's limits carry on
+    assert s["stopped"] == "complete" and s["hierarchy_nodes"] == 0
+    g = melvin.load(out)
+    assert not g.limits.hierarchy and g.limits.byte_context == (2, 3, 4, 5, 6, 8, 12, 24)
+    # a brain trained with hierarchy is not continued bytewise
+    other = tmp_path / "h.mlv"
+    train_json(path, "--out", other, "--graph-memory", "64M", "--limit-bytes", "40000")
+    p = train(path, "--out", other, "--resume", "--bytewise", "--quiet", check=False)
+    assert p.returncode == 1 and b"--bytewise" in p.stderr and b"Traceback" not in p.stderr
+
+
 # --- refused resumes and bad inputs -------------------------------------------------------------
 
 def test_changed_input_is_refused(tmp_path):
