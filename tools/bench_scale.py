@@ -3,6 +3,7 @@
 
     python tools/bench_scale.py                          # ~/.cache/melvin-corpus/big.txt, heldout.txt
     python tools/bench_scale.py big.txt --heldout held.txt --prefixes 1M,4M,16M --eval-bytes 2M
+    python tools/bench_scale.py --bytewise --prefixes 1M,4M,16M   # without hierarchy
 
 Each prefix (1, 4, 16, 64 MB and the full file, by default) is trained by tools/train.py in a fresh
 subprocess, so the peak RSS reported is that run's own (training, its final save and the held-out
@@ -37,6 +38,8 @@ def run_prefix(corpus: str, prefix: int | None, args, workdir: str) -> dict:
            "--checkpoint-every", "0", "--max-memory", args.max_memory]
     if args.graph_memory:
         cmd += ["--graph-memory", args.graph_memory]
+    if args.bytewise:
+        cmd.append("--bytewise")
     if prefix is not None:
         cmd += ["--limit-bytes", str(prefix)]
     if args.heldout:
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-memory", default="4G", help="process budget passed to train.py")
     ap.add_argument("--graph-memory", help="graph budget passed to train.py (overrides the derivation)")
     ap.add_argument("--json", action="store_true", help="one JSON object per prefix instead of a table")
+    ap.add_argument("--bytewise", action="store_true", help="train without hierarchy (train.py --bytewise)")
     args = ap.parse_args(argv)
 
     if not os.path.exists(args.corpus):
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
     if not args.json:
         print(f"# corpus {args.corpus} ({size / 1e6:.1f} MB); held-out "
               f"{args.heldout or '-'} (first {args.eval_bytes or 'all'} bytes); "
-              f"--max-memory {args.max_memory}")
+              f"--max-memory {args.max_memory}{' --bytewise' if args.bytewise else ''}")
         print(header)
     with tempfile.TemporaryDirectory(prefix="melvin-bench-") as workdir:
         for prefix in prefixes:
