@@ -415,10 +415,37 @@ def _atomic_write(path: str, data, sync: bool = True) -> None:
 
 
 def _atomic_copy(src: str, dst: str) -> None:
-    def copy(f):
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f, 1 << 22)
-    atomic_write(dst, copy)
+    """Publish src (a finished brain nobody rewrites: saves replace files, never edit them) at dst
+    atomically and durably: a hard link renamed over dst where the filesystem allows, so a
+    multi-GB brain is not read and written again; else a copy."""
+    directory = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(directory, f".melvin-{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(src, tmp)
+    except OSError:
+        def copy(f):
+            with open(src, "rb") as s:
+                shutil.copyfileobj(s, f, 1 << 22)
+        atomic_write(dst, copy)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _graph_stats(g) -> dict:
