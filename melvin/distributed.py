@@ -78,7 +78,7 @@ from melvin.errors import MelvinError
 from melvin.inputs import (DEFAULT_MAX_EPISODE, SPLITS, InputError, Reader, Source,
                            collect_sources, fingerprint)
 from melvin.limits import Limits, parse_size
-from melvin.persist import atomic_write
+from melvin.persist import atomic_write, publish
 
 log = logging.getLogger("melvin.distributed")
 
@@ -433,19 +433,7 @@ def _atomic_copy(src: str, dst: str) -> None:
                 shutil.copyfileobj(s, f, 1 << 22)
         atomic_write(dst, copy)
         return
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    publish(tmp, dst)
 
 
 def _graph_stats(g) -> dict:

@@ -105,23 +105,37 @@ def atomic_write(path: str, write, *, sync: bool = True) -> None:
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    publish(tmp, path, sync=sync)
+
+
+def publish(tmp: str, path: str, *, sync: bool = True) -> None:
+    """Rename the finished file `tmp` (beside `path`) over `path`, removing tmp if that fails; with
+    sync, fsync the directory so the rename survives a crash of the machine."""
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
     if not sync:
         return
     try:
-        dfd = os.open(directory, os.O_RDONLY)
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def save(graph, path: str) -> None:
