@@ -472,9 +472,13 @@ def _split_nl(text: bytes) -> list[bytes]:
 
 def reference_lines(text: bytes, cap: int) -> list[bytes]:
     """What split="lines" must yield: each line (with its newline) cut into pieces of `cap`
-    bytes, the newline dropped from the last piece, empty pieces skipped."""
+    bytes, the newline dropped from the last piece, empty pieces skipped; a blank line is one
+    empty episode (the newline after a line cut exactly at the cap is not a blank line)."""
     out = []
     for line in _split_nl(text):
+        if line == b"\n":
+            out.append(b"")
+            continue
         for i in range(0, len(line), cap):
             piece = line[i:i + cap]
             if piece.endswith(b"\n"):
@@ -520,7 +524,8 @@ def _read_all(inputs, source, split, cap, start=None):
     reader = inputs.Reader(source, split, max_episode=cap, start=start)
     with reader:
         for ep in reader:
-            assert isinstance(ep, bytes) and 0 < len(ep) <= cap, (len(ep), cap)
+            assert isinstance(ep, bytes) and len(ep) <= cap, (len(ep), cap)
+            assert ep or split == "lines", "only a blank line is an empty episode"
             episodes.append(ep)
             positions.append(reader.position)
     return episodes, positions

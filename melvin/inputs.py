@@ -18,7 +18,8 @@ Sources
 
 Splits (what one episode, i.e. one ``Graph.feed`` call, is)
     lines       each line without its ``\\n`` (a ``\\r`` before it is kept, as tools/bench.py does);
-                empty lines are skipped (they carry no text, only a start->STOP transition).
+                an empty line is an empty episode (blank lines are text too: held-out scoring, one
+                episode per line, counts them; 88 MB under 1G: 2.0548 -> 2.0266 bits/byte).
     paragraphs  maximal runs of non-blank lines, joined with their inner newlines, without the final
                 one; a blank line is one holding only spaces, tabs or ``\\r``.
     documents   a whole file, or one Wikipedia article; empty documents are skipped.
@@ -396,12 +397,15 @@ class _Splitter:
 
     def _lines(self):
         # Bulk path: split whole chunks; a line running over chunk ends is kept in `parts`.
-        # Episodes and positions are exactly those of reading with readline(max_episode): a line
-        # longer than the cap is cut at multiples of the cap from where reading started.
+        # A line longer than the cap is cut at multiples of the cap from where reading started.
+        # An empty line is an episode (a blank line is part of the text, and held-out scoring
+        # counts it); the newline ending a line that was cut exactly at the cap is not:
+        # `open_cut` says the line read so far was cut there (or reading resumed inside a line).
         read, cap = self.stream.read, self.max_episode
         parts: list[bytes] = []     # the unfinished line read so far (less than cap bytes)
         plen = 0
         pos = self.read_pos         # offset of the first byte of parts (of the next line if none)
+        open_cut = not self.line_start
         while True:
             chunk = read(CHUNK)
             if not chunk:
@@ -421,24 +425,27 @@ class _Splitter:
                         pos += cut
                         parts = [data[cut:]] if cut < len(data) else []
                         plen = len(data) - cut
+                        open_cut = not parts
                     continue
                 line = b"".join(parts) + chunk[:nl]
                 parts, plen = [], 0
                 yield from self._long_line(line, pos)
                 pos += len(line) + 1
+                open_cut = False
                 chunk = chunk[nl + 1:]
             lines = chunk.split(b"\n")
             tail = lines.pop()
             for line in lines:
                 if len(line) < cap:
                     pos += len(line) + 1
-                    if line:
+                    if line or not open_cut:
                         self.offset = pos
                         self.line_start = True
                         yield line
                 else:
                     yield from self._long_line(line, pos)
                     pos += len(line) + 1
+                open_cut = False
             if tail:
                 if len(tail) >= cap:
                     cut = len(tail) - len(tail) % cap
@@ -447,6 +454,7 @@ class _Splitter:
                         yield tail[i:i + cap]
                     pos += cut
                     tail = tail[cut:]
+                    open_cut = not tail
                 if tail:
                     parts, plen = [tail], len(tail)
         if parts:

@@ -92,7 +92,7 @@ def test_plain_json_summary(corpus, reference):
                 "peak_rss_bytes", "memory_bytes", "prunes", "checkpoints", "stopped"):
         assert key in s, key
     assert s["bytes"] == len(text)
-    assert s["episodes"] == sum(1 for line in text.split(b"\n") if line)
+    assert s["episodes"] == len(text.split(b"\n")) - text.endswith(b"\n")   # blank lines too
     assert s["stopped"] == "complete" and s["prunes"] == 0
     assert s["hierarchy_levels"] >= 2 and s["nodes"] > 257 and s["edges"] > 0
     assert 0 < s["memory_bytes"] <= s["max_memory"] == 64 << 20
@@ -127,9 +127,10 @@ def test_split_modes(tmp_path):
                        "--split", split, "--graph-memory", "4M")
         counts[split] = s["episodes"]
         assert s["bytes"] == len(text) + 6
-    assert counts == {"lines": 6, "paragraphs": 4, "documents": 2}
+    assert counts == {"lines": 8, "paragraphs": 4, "documents": 2}
     src = source_for(str(tmp_path / "a.txt"))
-    assert list(Reader(src, "lines")) == [b"one two", b"three", b"four five", b"  ", b"six"]
+    assert list(Reader(src, "lines")) == [b"one two", b"three", b"", b"", b"four five", b"  ",
+                                          b"six"]
     assert list(Reader(src, "paragraphs")) == [b"one two\nthree", b"four five", b"six"]
     assert list(Reader(src, "documents")) == [text]
 
@@ -516,7 +517,15 @@ def test_reader_resumes_at_every_position(split, tmp_path):
             episodes.append(ep)
             positions.append(reader.position)
         assert reader.position["consumed"] == len(data)
-        assert all(0 < len(ep) <= cap for ep in episodes)
+        if split == "lines":
+            # every line, blank ones included, cut into pieces of the cap; the newline ending a
+            # line cut exactly at the cap is not a blank line
+            *lines, last = data.split(b"\n")
+            want = [p for line in lines
+                    for p in ([line[i:i + cap] for i in range(0, len(line), cap)] or [b""])]
+            want += [last[i:i + cap] for i in range(0, len(last), cap)]
+            assert episodes == want, (data, cap)
+        assert all(0 < len(ep) <= cap or (split == "lines" and not ep) for ep in episodes)
         for k, pos in enumerate(positions):
             rest = list(Reader(src, split, max_episode=cap, start=pos))
             assert episodes[:k + 1] + rest == episodes, (data, cap, k, pos)
