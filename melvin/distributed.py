@@ -671,7 +671,8 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                       ship: str = "file", shards: int | None = None,
                       max_episode: int = DEFAULT_MAX_EPISODE, seed: int = 0, retries: int = 3,
                       resume: bool = True, limit_bytes: int | None = None,
-                      vocab_bytes: int | None = None, _fault: dict | None = None) -> dict:
+                      vocab_bytes: int | None = None, final_memory=None,
+                      _fault: dict | None = None) -> dict:
     """Train `inputs` on a dask.distributed cluster and save the merged brain atomically to `out`.
 
     workers=N starts a LocalCluster of N single-threaded worker processes; scheduler="tcp://HOST:
@@ -683,7 +684,8 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
     "bytes" (brains travel through dask; only the inputs must be visible to the workers).
     checkpoint_dir: keep finished shards there; resume reuses matching ones. progress: a callable
     progress(done, total, what) called as tasks finish. limit_bytes: plan only the first N input
-    bytes (plain inputs). Returns a summary dict (see the keys at the end); raises
+    bytes (plain inputs). final_memory: max_memory of the last merge's brain (default
+    limits.max_memory); the shards and inner merges stay within limits. Returns a summary dict (see the keys at the end); raises
     DistributedError when a shard fails for good (finished shards stay in checkpoint_dir)."""
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a melvin.Limits, got {type(limits).__name__}")
@@ -802,12 +804,15 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         # a fixed tree of pairwise merges: the shape depends only on the plan
         merge_futures = {}
         level, nodes = 0, leaves
+        last = limits if final_memory is None else \
+            dataclasses.replace(limits, max_memory=final_memory)
         while len(nodes) > 1:
             level += 1
             nxt = []
             for i in range(0, len(nodes) - 1, 2):
                 name = f"merge-{run}-{level}-{i // 2}"
-                fut = client.submit(merge_pair, nodes[i], nodes[i + 1], limits, ship, workdir,
+                fut = client.submit(merge_pair, nodes[i], nodes[i + 1],
+                                    last if len(nodes) == 2 else limits, ship, workdir,
                                     name, key=f"melvin-{name}", retries=retries, pure=False)
                 merge_futures[fut.key] = (nodes[i], nodes[i + 1], fut)
                 nxt.append(fut)
@@ -915,7 +920,8 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                                              if m["name"].endswith(f"-{level}-0")), default=0.0), 3),
             "mb_per_s": round(total_bytes / seconds / 1e6, 3) if seconds > 0 else None,
             "nodes": st.get("nodes"), "contexts": st.get("contexts"), "edges": st.get("edges"),
-            "memory_bytes": st.get("memory_bytes"), "max_memory": limits.max_memory,
+            "memory_bytes": st.get("memory_bytes"),
+            "max_memory": last.max_memory if merge_metas else limits.max_memory,
             "hierarchy_levels": st.get("hierarchy_levels"),
             "hierarchy_nodes": st.get("hierarchy_nodes"), "sha256": final_meta.get("sha256"),
             "checkpoint_dir": checkpoint_dir,
@@ -1082,15 +1088,23 @@ def run_from_args(args) -> int:
     try:
         if g("scheduler"):
             client, _, _ = _client_for(None, g("scheduler"), g("retries", 3))
+        final_memory = None
         if g("graph_memory") is not None:
             budget = parse_size(g("graph_memory"), "--graph-memory")
-        elif g("max_memory") is not None:
-            budget = graph_budget(parse_size(g("max_memory"), "--max-memory"))
-        elif client is not None:
-            budget = graph_budget(_worker_budget(client, None))
         else:
-            from melvin.limits import physical_memory
-            budget = graph_budget(int(physical_memory() * 0.8 / g("workers")))
+            if g("max_memory") is not None:
+                process = parse_size(g("max_memory"), "--max-memory")
+            elif client is not None:
+                process = _worker_budget(client, None)
+            else:
+                from melvin.limits import physical_memory
+                process = int(physical_memory() * 0.8 / g("workers"))
+            budget = graph_budget(process)
+            # the last merge's brain is not merged again: it may be as large as a brain that a
+            # single process of this budget trains (the two inputs of at most `budget` each and
+            # their sum still fit one worker)
+            from melvin.train import graph_budget as single_budget
+            final_memory = max(budget, single_budget(process))
         limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False))
 
         def progress(done, total, what):
@@ -1112,7 +1126,7 @@ def run_from_args(args) -> int:
             progress=progress, ship=g("ship") or "file",
             max_episode=g("max_episode") or DEFAULT_MAX_EPISODE, seed=g("seed", 0) or 0,
             retries=g("retries", 3), resume=bool(g("resume")), limit_bytes=g("limit_bytes"),
-            vocab_bytes=g("vocab_bytes"))
+            vocab_bytes=g("vocab_bytes"), final_memory=final_memory)
         if bar is not None:
             bar.close()
             bar = None

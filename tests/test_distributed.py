@@ -2,6 +2,7 @@
 LocalCluster trains, merges and saves a brain that passes check(), scores close to single-process,
 is byte-identical across runs and ship modes, resumes from shard checkpoints, and survives a worker
 killed mid-shard; melvin.merge is order-independent and merging an empty graph changes nothing."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -310,6 +311,19 @@ def test_own_local_cluster_gives_the_same_brain(baseline, tmp_path):
                           limit_bytes=LIMIT)
     assert s["workers"] == 2 and s["vocab_sample_bytes"] > 0 and s["vocab_sample_seconds"] > 0
     assert _sha(out) == baseline["sha"]
+
+
+def test_the_last_merge_may_use_a_larger_budget(client, baseline, tmp_path):
+    # only the root merge's brain gets final_memory (it is not merged again); the shards and the
+    # inner merge stay within the limits, so this run's inputs to the root are the baseline's
+    out = tmp_path / "final.mlv"
+    s = train_distributed([str(TRAIN)], out, limits=LIMITS, scheduler=client, shards=3,
+                          limit_bytes=LIMIT, final_memory="300M")
+    g = melvin.load(out)
+    assert g.limits.max_memory == s["max_memory"] == 300 << 20
+    assert g.limits == dataclasses.replace(LIMITS, max_memory=300 << 20)
+    assert g.check()
+    assert g.stats()["episodes"] == melvin.load(baseline["out"]).stats()["episodes"]
 
 
 def test_one_shard_is_the_single_process_brain(client, single, tmp_path):
