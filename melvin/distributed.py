@@ -17,11 +17,11 @@ are exactly those the single-process trainer feeds for that range (the concatena
 shards is the single-process episode stream).
 
 Vocabulary sample. With several shards, the first ``vocab_bytes`` of the first input (default
-1/16 of the input, at most 16 MiB) are trained first: by the client while the worker processes of
-a LocalCluster it starts come up (planned before they exist), else by one task. Shard 0 continues that graph
-over the rest of its range; every other shard starts from its patterns only (``vocabulary()``: the
-hierarchy, no counts, contexts or edges), so all shards segment text alike and their counts line
-up when merged (on 16 MB in 2 shards: +1.9% held-out bits per byte over single-process instead of
+1/16 of the input, at most 16 MiB) are trained first: by the client while the worker processes
+of a LocalCluster it starts come up (planned before they exist), else by one task. Shard 0
+continues that graph over the rest of its range; every other shard starts from its patterns only
+(``vocabulary()``: the hierarchy, no counts, contexts or edges), so all shards segment text alike
+and their counts line up when merged (on 16 MB in 2 shards: +1.9% held-out bits per byte over single-process instead of
 +3.0%). Nothing is counted twice, and one shard is exactly the single-process brain.
 
 Tasks. One task per shard trains a ``Graph(limits, seed)`` (from the sample, as above) on its
@@ -62,6 +62,7 @@ parsed command line (see their docstrings).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -445,6 +446,11 @@ def _graph_stats(g) -> dict:
             "bytes_fed": s.get("bytes_fed"), "episodes": s.get("episodes")}
 
 
+def _manifest_path(brain_path: str) -> str:
+    """A shard brain's manifest: beside it, .json for .mlv."""
+    return brain_path[:-len(".mlv")] + ".json"
+
+
 def _write_manifest(path: str, manifest: dict) -> None:
     _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
@@ -519,7 +525,7 @@ def train_shard(shard: Shard, limits: Limits, seed: int = 0, ship: str = "bytes"
     path = os.path.join(workdir, meta["brain"])
     _atomic_write(path, data)
     if checkpoint:
-        _write_manifest(path[:-len(".mlv")] + ".json", _manifest_for(shard, limits, seed, meta))
+        _write_manifest(_manifest_path(path), _manifest_for(shard, limits, seed, meta))
     return {"meta": meta, "path": path}
 
 
@@ -584,7 +590,7 @@ def _submit_data(client, value, **kw):
 def _check_resume(shard: Shard, limits: Limits, seed: int, directory: str):
     """A reusable checkpointed shard: (manifest, brain path), or None."""
     path = os.path.join(directory, shard.filename(limits, seed))
-    mpath = path[:-len(".mlv")] + ".json"
+    mpath = _manifest_path(path)
     try:
         with open(mpath) as f:
             manifest = json.load(f)
@@ -602,34 +608,6 @@ def _check_resume(shard: Shard, limits: Limits, seed: int, directory: str):
         log.warning("checkpointed shard %s does not match its manifest's checksum: retraining", path)
         return None
     return manifest, path
-
-
-class _Background:
-    """fn(*args) in a thread (the core releases the GIL while it learns); result() joins and
-    returns its value or raises its exception."""
-
-    def __init__(self, fn, *args):
-        import threading
-
-        self._out = self._exc = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True,
-                                        name="melvin-vocabulary-sample")
-        self._thread.start()
-
-    def _run(self, fn, args):
-        try:
-            self._out = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
-            self._exc = exc
-
-    def join(self):
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        if self._exc is not None:
-            raise self._exc
-        return self._out
 
 
 def _client_for(workers, scheduler, retries):
@@ -685,8 +663,9 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
     checkpoint_dir: keep finished shards there; resume reuses matching ones. progress: a callable
     progress(done, total, what) called as tasks finish. limit_bytes: plan only the first N input
     bytes (plain inputs). final_memory: max_memory of the last merge's brain (default
-    limits.max_memory); the shards and inner merges stay within limits. Returns a summary dict (see the keys at the end); raises
-    DistributedError when a shard fails for good (finished shards stay in checkpoint_dir)."""
+    limits.max_memory); the shards and inner merges stay within limits. Returns a summary dict
+    (see the keys at the end); raises DistributedError when a shard fails for good (finished
+    shards stay in checkpoint_dir)."""
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a melvin.Limits, got {type(limits).__name__}")
     if ship not in SHIPS:
@@ -722,14 +701,17 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         plan = make_plan(n_local)
         if plan.sample is not None and not (checkpoint_dir and resume and all(
-                os.path.exists(os.path.join(checkpoint_dir, sh.filename(limits, seed))[:-4] + ".json")
+                os.path.exists(_manifest_path(os.path.join(checkpoint_dir, sh.filename(limits, seed))))
                 for sh in plan)):
-            early = _Background(train_shard, plan.sample, limits, seed, "bytes")
+            # the core releases the GIL while it learns, so this overlaps the cluster's start
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="melvin-sample")
+            early = pool.submit(train_shard, plan.sample, limits, seed, "bytes")
+            pool.shutdown(wait=False)
     try:
         client, cluster, address = _client_for(workers, scheduler, retries)
     except BaseException:
         if early is not None:
-            early.join()
+            concurrent.futures.wait([early])
         raise
     run = uuid.uuid4().hex[:12]
     scratch = workdir = None
@@ -781,16 +763,17 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                                                pure=False))
                     del data
                 continue
-            if shard.base != "empty" and sample_future is None and early is not None:
-                # trained here while the cluster started: carried in a task of its own, like a
-                # resumed shard, so losing a worker cannot lose it
-                sample_future = _submit_data(client, early.result(),
-                                              key=f"melvin-sample-{run}", pure=False)
-            elif shard.base != "empty" and sample_future is None:
+            if shard.base != "empty" and sample_future is None:
                 # the vocabulary sample: trained once, first; every shard task starts from it
-                sample_future = client.submit(train_shard, plan.sample, limits, seed, "bytes",
-                                              key=f"melvin-sample-{run}", retries=retries,
-                                              pure=False)
+                if early is not None:
+                    # trained here while the cluster started: carried in a task of its own, like
+                    # a resumed shard, so losing a worker cannot lose it
+                    sample_future = _submit_data(client, early.result(),
+                                                 key=f"melvin-sample-{run}", pure=False)
+                else:
+                    sample_future = client.submit(train_shard, plan.sample, limits, seed, "bytes",
+                                                  key=f"melvin-sample-{run}", retries=retries,
+                                                  pure=False)
             fut = client.submit(train_shard, shard, limits, seed, ship, workdir,
                                 ship == "file" and checkpoint_dir is not None, _fault,
                                 sample_future if shard.base != "empty" else None,
@@ -864,7 +847,7 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                     result = fut.result()
                     path = os.path.join(checkpoint_dir, result["meta"]["brain"])
                     _atomic_write(path, result["data"])
-                    _write_manifest(path[:-len(".mlv")] + ".json",
+                    _write_manifest(_manifest_path(path),
                                     _manifest_for(shard, limits, seed, result["meta"]))
                     meta = result["meta"]
                     del result
@@ -940,7 +923,7 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                     except OSError:
                         pass
         if early is not None:
-            early.join()
+            concurrent.futures.wait([early])
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         if cluster is not None:
