@@ -523,7 +523,7 @@ def train_shard(shard: Shard, limits: Limits, seed: int = 0, ship: str = "bytes"
     if ship == "bytes":
         return {"meta": meta, "data": data}
     path = os.path.join(workdir, meta["brain"])
-    _atomic_write(path, data)
+    _atomic_write(path, data, sync=checkpoint)     # without checkpoints it is scratch
     if checkpoint:
         _write_manifest(_manifest_path(path), _manifest_for(shard, limits, seed, meta))
     return {"meta": meta, "path": path}
@@ -575,14 +575,19 @@ def _identity(x):
     return x
 
 
-def _submit_data(client, value, **kw):
-    """A task that returns `value`, carried in the task itself (so losing a worker cannot lose
-    it). dask warns about every task graph over 10 MB; a brain is meant to be one."""
+def _submit(client, fn, *args, **kw):
+    """client.submit for tasks that carry a brain in their arguments (so losing a worker cannot
+    lose it): dask warns about every task graph over 10 MB, and a brain is meant to be one."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        return client.submit(_identity, value, **kw)
+        return client.submit(fn, *args, **kw)
+
+
+def _submit_data(client, value, **kw):
+    """A task that returns `value`, carried in the task itself."""
+    return _submit(client, _identity, value, **kw)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -739,7 +744,7 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         # leaves: resumed shards (values) or training tasks (futures)
         leaves, metas, resumed = [], {}, 0
         shard_futures = {}
-        sample_future = sample_meta = None
+        sample_future = sample_meta = sample_arg = None
         for shard in plan:
             hit = _check_resume(shard, limits, seed, checkpoint_dir) if (checkpoint_dir and resume) \
                 else None
@@ -763,22 +768,28 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                                                pure=False))
                     del data
                 continue
-            if shard.base != "empty" and sample_future is None:
+            if shard.base != "empty" and sample_future is None and sample_arg is None:
                 # the vocabulary sample: trained once, first; every shard task starts from it
                 if early is not None:
-                    # trained here while the cluster started: carried in a task of its own, like
-                    # a resumed shard, so losing a worker cannot lose it
-                    sample_future = _submit_data(client, early.result(),
-                                                 key=f"melvin-sample-{run}", pure=False)
+                    # trained here while the cluster started. Each shard task gets it in its
+                    # arguments (a file in the work directory, or the bytes), not as a dependency:
+                    # the scheduler would start every task on the worker holding a dependency and
+                    # the others would wait for work stealing
+                    sample_arg = early.result()
+                    sample_meta = sample_arg["meta"]
+                    if ship == "file":
+                        path = os.path.join(workdir, f"sample-{run}.mlv")
+                        _atomic_write(path, sample_arg["data"], sync=False)
+                        sample_arg = {"meta": sample_meta, "path": path}
                 else:
                     sample_future = client.submit(train_shard, plan.sample, limits, seed, "bytes",
                                                   key=f"melvin-sample-{run}", retries=retries,
                                                   pure=False)
-            fut = client.submit(train_shard, shard, limits, seed, ship, workdir,
-                                ship == "file" and checkpoint_dir is not None, _fault,
-                                sample_future if shard.base != "empty" else None,
-                                key=f"melvin-shard-{run}-{shard.index:05d}", retries=retries,
-                                pure=False)
+            fut = _submit(client, train_shard, shard, limits, seed, ship, workdir,
+                          ship == "file" and checkpoint_dir is not None, _fault,
+                          (sample_future or sample_arg) if shard.base != "empty" else None,
+                          key=f"melvin-shard-{run}-{shard.index:05d}", retries=retries,
+                          pure=False)
             shard_futures[fut.key] = (shard, fut)
             leaves.append(fut)
         if resumed:
@@ -915,9 +926,9 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         return summary
     finally:
         if ship == "file" and workdir is not None:
-            # merge results are scratch; shards stay only in checkpoint_dir
+            # merge results and the sample are scratch; shards stay only in checkpoint_dir
             for name in os.listdir(workdir) if os.path.isdir(workdir) else ():
-                if name.startswith(f"merge-{run}-"):
+                if name.startswith((f"merge-{run}-", f"sample-{run}.")):
                     try:
                         os.unlink(os.path.join(workdir, name))
                     except OSError:
