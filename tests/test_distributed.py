@@ -274,6 +274,7 @@ def test_end_to_end(baseline, single):
     s = baseline["summary"]
     assert s["shards"] == 3 and s["shards_trained"] == 3 and s["shards_resumed"] == 0
     assert s["merges"] == 2 and s["workers"] == 2
+    assert 0 < s["worker_peak_rss"] < 4 << 30
     assert s["dashboard_link"].startswith("http")
     assert s["vocab_sample_bytes"] > 0
     assert s["episodes"] == single["episodes"]
@@ -357,11 +358,15 @@ def test_resume_reuses_matching_shards(client, baseline, tmp_path):
     assert s["shards_resumed"] == 0
 
 
-def test_worker_killed_mid_shard(client, baseline, tmp_path):
+@pytest.mark.parametrize("victim", [0, 1])
+def test_worker_killed_mid_shard(client, baseline, tmp_path, victim):
+    # shard 0's task also merges shard 1 into its graph, waiting for it: killing either worker
+    # (the waiting one, or the one it waits for) must cost a retry, not the run
     marker = tmp_path / "killed"
     out = tmp_path / "survivor.mlv"
     s = train_distributed([str(TRAIN)], out, limits=LIMITS, scheduler=client, shards=3,
-                          limit_bytes=LIMIT, retries=2, _fault={"marker": str(marker), "shard": 1})
+                          limit_bytes=LIMIT, retries=2,
+                          _fault={"marker": str(marker), "shard": victim})
     assert marker.exists(), "the fault was never injected"
     assert s["shards"] == 3 and s["shards_trained"] == 3
     assert _sha(out) == baseline["sha"]

@@ -1082,6 +1082,28 @@ cdef inline uint32_t _ceil_shift(uint32_t c, uint32_t s) noexcept nogil:
     return (c + (1u << s) - 1) >> s
 
 
+cdef void _find_ctxs(GraphC* g, GraphC* o, uint32_t* cmap) noexcept nogil:
+    """cmap[c] = g's context with o's context c's key (NONE if none), pipelined: every lookup is
+    two cache misses (index slot, then the record it names), so the slot of context c+16 and the
+    record of context c+8 are fetched while c is looked up."""
+    cdef uint32_t c, s, n = o.n_ctxs
+    cdef uint64_t cap = g.ctx_ix.capacity
+    if cap == 0:
+        for c in range(n):
+            cmap[c] = NONE
+        return
+    for c in range(n if n < 16 else 16):
+        prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c]), cap)])
+    for c in range(n):
+        if c + 16 < n:
+            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c + 16]), cap)])
+        if c + 8 < n:
+            s = g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c + 8]), cap)]
+            if s:
+                prefetch(&g.ctxs[s - 1])
+        cmap[c] = ctx_find(g, ctx_key(&o.ctxs[c]))
+
+
 cdef int _absorb_into(GraphC* g, GraphC* o, uint32_t* nmap) noexcept nogil:
     cdef uint32_t u, v, l, r, c, ci, e, ei, d, sh, add, p
     cdef uint64_t key
@@ -1124,11 +1146,38 @@ cdef int _absorb_into(GraphC* g, GraphC* o, uint32_t* nmap) noexcept nogil:
         nv = &g.nodes[v]
         nv.count = nv.count + nu.count if nu.count < 0xFFFFFFF0u - nv.count else 0xFFFFFFF0u
     # contexts and their edges
-    for c in range(o.n_ctxs):
+    cdef uint32_t* cmap = <uint32_t*>malloc((<size_t>o.n_ctxs + 1) * sizeof(uint32_t))
+    if cmap == NULL:
+        g.pool.err = ERR_NOMEM
+        return -1
+    _find_ctxs(g, o, cmap)        # o's keys are distinct: appending one cannot change another's
+    cdef int rc = _absorb_ctxs(g, o, nmap, cmap)
+    free(cmap)
+    return rc
+
+
+cdef int _absorb_ctxs(GraphC* g, GraphC* o, uint32_t* nmap, uint32_t* cmap) noexcept nogil:
+    cdef uint32_t c, ci, e, ei, d, sh, add, n = o.n_ctxs
+    cdef uint64_t key
+    for c in range(n):
+        # Pipelined like _find_ctxs: the records the lists of context c+4 start from (fetched at
+        # c+8: o's first edge and g's context) are followed to g's first edge and index slot.
+        if c + 8 < n:
+            if o.ctxs[c + 8].head != NONE:
+                prefetch(&o.edges[o.ctxs[c + 8].head])
+            if cmap[c + 8] != NONE:
+                prefetch(&g.ctxs[cmap[c + 8]])
+        if c + 4 < n and cmap[c + 4] != NONE and o.ctxs[c + 4].head != NONE:
+            ci = cmap[c + 4]
+            if g.ctxs[ci].distinct > 8:
+                prefetch(&g.edge_ix.slots[fastrange(edge_hash(
+                    ci, nmap[o.edges[o.ctxs[c + 4].head].dst]), g.edge_ix.capacity)])
+            elif g.ctxs[ci].head != NONE:
+                prefetch(&g.edges[g.ctxs[ci].head])
         if o.ctxs[c].head == NONE:
             continue
         key = ctx_key(&o.ctxs[c])
-        ci = ctx_find(g, key)
+        ci = cmap[c]
         if ci == NONE:
             # a context new to g: its edges are all new too, and need no lookup
             if reserve_ctxs(g, 1) < 0 or reserve_edges(g, 1) < 0:
