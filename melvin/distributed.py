@@ -464,7 +464,10 @@ def _manifest_path(brain_path: str) -> str:
 
 
 def _write_manifest(path: str, manifest: dict) -> None:
-    _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    # not fsynced, like the brain it describes: a torn manifest is unreadable and a torn brain
+    # fails the manifest's sha256, so a resume retrains the shard instead of trusting either
+    _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(),
+                  sync=False)
 
 
 def _manifest_for(shard: Shard, limits: Limits, seed: int, meta: dict) -> dict:
@@ -493,12 +496,8 @@ def train_shard(shard: Shard, limits: Limits, seed: int = 0, ship: str = "bytes"
     """Train one shard (a task). Returns {"meta": ..., "path": ...} (ship="file", the brain written
     into workdir, with its manifest if checkpoint) or {"meta": ..., "data": brain bytes}. `sample`
     is the vocabulary sample's result, needed when the shard's base is "sample" or "vocab"."""
-    from melvin.persist import dumps
-
     g, meta = _train(shard, limits, seed, fault, sample)
-    data = dumps(g)
-    del g
-    return _keep_shard(shard, limits, seed, meta, data, ship, workdir, checkpoint)
+    return _keep_shard(shard, limits, seed, meta, g, ship, workdir, checkpoint)
 
 
 def train_shard_and_absorb(shard: Shard, limits: Limits, seed: int, workdir: str, checkpoint: bool,
@@ -510,11 +509,10 @@ def train_shard_and_absorb(shard: Shard, limits: Limits, seed: int, workdir: str
     unless it is checkpointed and without loading it again. Returns merge_pair's result with this
     shard's meta under "shard"."""
     from melvin.merge import merge_consuming
-    from melvin.persist import dumps
 
     g, meta = _train(shard, limits, seed, fault, sample)
     if checkpoint:
-        _keep_shard(shard, limits, seed, meta, dumps(g), "file", workdir, True)
+        _keep_shard(shard, limits, seed, meta, g, "file", workdir, True)
     other = _wait_for(right)
     t0 = time.perf_counter()
     m = merge_consuming([g, _load(other)], merge_limits)
@@ -578,18 +576,31 @@ def _train(shard: Shard, limits: Limits, seed: int, fault, sample: dict | None):
     return g, meta
 
 
-def _keep_shard(shard: Shard, limits: Limits, seed: int, meta: dict, data: bytes, ship: str,
+def _keep_shard(shard: Shard, limits: Limits, seed: int, meta: dict, g, ship: str,
                 workdir: str | None, checkpoint: bool) -> dict:
     """A trained shard's result: its brain's bytes, or the brain written into workdir (with its
     manifest if checkpoint)."""
-    meta.update(sha256=_sha256(data), size=len(data), peak_rss=_peak_rss())
+    result = _emit(g, ship, workdir and os.path.join(workdir, meta["brain"]))
+    meta.update(sha256=result.pop("sha256"), size=result.pop("size"), peak_rss=_peak_rss())
+    if checkpoint and ship == "file":
+        _write_manifest(_manifest_path(result["path"]), _manifest_for(shard, limits, seed, meta))
+    result["meta"] = meta
+    return result
+
+
+def _emit(g, ship: str, path: str | None) -> dict:
+    """A task's brain: {"data": its bytes} (ship="bytes"), or {"path": path} where it was
+    written, atomically and streamed (never whole in memory), with its "sha256" and "size".
+    Not fsynced: whoever reads it checks it against the sha256 recorded here (a resumed shard
+    against its manifest), so a file torn by a crash of the machine is refused, not trusted; the
+    final brain is fsynced when published."""
+    from melvin.persist import dumps, write
+
     if ship == "bytes":
-        return {"meta": meta, "data": data}
-    path = os.path.join(workdir, meta["brain"])
-    _atomic_write(path, data, sync=checkpoint)     # without checkpoints it is scratch
-    if checkpoint:
-        _write_manifest(_manifest_path(path), _manifest_for(shard, limits, seed, meta))
-    return {"meta": meta, "path": path}
+        data = dumps(g)
+        return {"data": data, "sha256": _sha256(data), "size": len(data)}
+    atomic_write(path, lambda f: write(g, f), sync=False)
+    return {"path": path, "sha256": _file_sha256(path), "size": os.path.getsize(path)}
 
 
 def _load(result):
@@ -619,18 +630,11 @@ def merge_pair(a: dict, b: dict, limits: Limits, ship: str = "bytes", workdir: s
 
 def _merged(m, name: str, inputs: list, ship: str, workdir: str | None, t0: float) -> dict:
     """A merge task's result: the merged brain's bytes, or the brain written into workdir."""
-    from melvin.persist import dumps
-
-    data = dumps(m)
-    meta = {"kind": "merge", "name": name, "seconds": round(time.perf_counter() - t0, 3),
-            "sha256": _sha256(data), "stats": _graph_stats(m), "size": len(data),
-            "inputs": inputs, "peak_rss": _peak_rss()}
-    del m
-    if ship == "bytes":
-        return {"meta": meta, "data": data}
-    path = os.path.join(workdir, f"{name}.mlv")
-    _atomic_write(path, data, sync=False)      # scratch: the final brain is synced when copied
-    return {"meta": meta, "path": path}
+    result = _emit(m, ship, workdir and os.path.join(workdir, f"{name}.mlv"))
+    result["meta"] = {"kind": "merge", "name": name, "seconds": round(time.perf_counter() - t0, 3),
+                      "sha256": result.pop("sha256"), "stats": _graph_stats(m),
+                      "size": result.pop("size"), "inputs": inputs, "peak_rss": _peak_rss()}
+    return result
 
 
 def _meta_of(result: dict) -> dict:
