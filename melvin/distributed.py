@@ -1194,18 +1194,19 @@ def run_from_args(args) -> int:
     try:
         if g("scheduler"):
             client, _, _ = _client_for(None, g("scheduler"), g("retries", 3))
-        final_memory = None
-        if g("graph_memory") is not None:
-            budget = parse_size(g("graph_memory"), "--graph-memory")
-        else:
-            if g("max_memory") is not None:
-                process = parse_size(g("max_memory"), "--max-memory")
-            elif client is not None:
+        process = None
+        if g("max_memory") is not None:
+            process = parse_size(g("max_memory"), "--max-memory")
+        elif g("graph_memory") is None:
+            if client is not None:
                 process = _worker_budget(client, None)
             else:
                 from melvin.limits import physical_memory
                 process = int(physical_memory() * 0.8 / g("workers"))
-            budget = graph_budget(process)
+        budget = parse_size(g("graph_memory"), "--graph-memory") if g("graph_memory") is not None \
+            else graph_budget(process)
+        final_memory = None
+        if process is not None:
             # the last merge's brain is not merged again: it may be as large as a brain that a
             # single process of this budget trains (the two inputs of at most `budget` each and
             # their sum still fit one worker)

@@ -38,9 +38,11 @@ def merge(graphs, limits: Limits | None = None):
 
 
 def merge_consuming(graphs, limits: Limits | None = None):
-    """merge() that may build the result inside the largest input instead of a copy of it: that
-    input is unusable afterwards (for brains loaded only to be merged, as distributed training
-    does), and a failure leaves it partly merged."""
+    """merge() that may build the result inside the largest input instead of a copy of it, and
+    frees every other input's tables as soon as it is added (for brains loaded only to be merged,
+    as distributed training does: the merge's peak memory is then about the result plus one
+    input). Afterwards the inputs are empty graphs, except the largest, which is unusable; a
+    failure leaves them partly merged."""
     graphs = _validate(graphs)
     return _merge(graphs, limits or graphs[0].limits, consume=True)
 
@@ -55,6 +57,11 @@ def _validate(graphs) -> list:
         if not isinstance(g, Graph):
             raise TypeError(f"merge takes melvin.Graph objects, got {type(g).__name__}")
     return graphs
+
+
+def _spend(g) -> None:
+    """Free a consumed input's tables: it becomes an empty graph."""
+    g._core = Core(**g.limits.core_kwargs())
 
 
 def _canonical(graphs) -> list:
@@ -105,6 +112,8 @@ def _merge(graphs, limits: Limits, consume: bool):
         del st
     for g in order[1:]:
         core.absorb(g._core)
+        if consume:
+            _spend(g)
     core.shrink()
     st = core.stats()
     if st["nodes"] > limits.max_nodes:
@@ -120,6 +129,8 @@ def _merge(graphs, limits: Limits, consume: bool):
     st = core.export_state()
     capacities = core.compact_capacities()
     del core
+    if consume:
+        _spend(base)                                  # it may hold the relaxed build
     st["counters"]["peak_memory_bytes"] = 0           # the relaxed build's peak is not this graph's
     final = Core(**limits.core_kwargs(), empty=True)
     final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],

@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-memory", default=None,
                     help="process memory budget: 80%%, 2G, 512M, bytes (default 80%% of RAM)")
     ap.add_argument("--graph-memory", default=None,
-                    help="set the graph's own budget (Limits.max_memory) directly")
+                    help="set the graph's own budget (Limits.max_memory) directly (with --workers: "
+                         "each shard's; with --max-memory too, the last merge may still grow to "
+                         "a single process's graph budget)")
     ap.add_argument("--bytewise", action="store_true",
                     help="learn every byte as its own token (Limits(hierarchy=False)): the best "
                          "bits per byte, at about a fifth of the speed and with far more memory "
