@@ -864,22 +864,23 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                     sample_future = client.submit(train_shard, plan.sample, limits, seed, "bytes",
                                                   key=f"melvin-sample-{run}", retries=retries,
                                                   pure=False)
-            args = (shard, limits, seed, ship, workdir, ship == "file" and checkpoint_dir is not None,
-                    _fault, (sample_future or sample_arg) if shard.base != "empty" else None)
+            base = (sample_future or sample_arg) if shard.base != "empty" else None
+            keep = ship == "file" and checkpoint_dir is not None
+            right = f"melvin-{run}-right-{shard.index - shard.index % 2:05d}"   # the pair's Variable
             if shard.index in fused:
                 name = f"merge-{run}-1-{shard.index // 2}"
-                fut = _submit(client, train_shard_and_absorb, *args[:3], *args[4:],
-                              f"melvin-{run}-right-{shard.index:05d}",
-                              last if len(plan) == 2 else limits, name,
+                fut = _submit(client, train_shard_and_absorb, shard, limits, seed, workdir, keep,
+                              _fault, base, right, last if len(plan) == 2 else limits, name,
                               key=f"melvin-shard+{name}", retries=retries, pure=False)
                 fused_futures[fut.key] = (shard, fut)
             else:
-                fut = _submit(client, train_shard, *args, key=f"melvin-shard-{run}-{shard.index:05d}",
-                              retries=retries, pure=False)
+                fut = _submit(client, train_shard, shard, limits, seed, ship, workdir, keep, _fault,
+                              base, key=f"melvin-shard-{run}-{shard.index:05d}", retries=retries,
+                              pure=False)
                 shard_futures[fut.key] = (shard, fut)
                 if shard.index - 1 in fused:
                     from distributed import Variable
-                    handles.append(Variable(f"melvin-{run}-right-{shard.index - 1:05d}", client))
+                    handles.append(Variable(right, client))
                     handles[-1].set(fut)
             leaves.append(fut)
         if resumed:
@@ -987,7 +988,7 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
                 progress(done, total_tasks, what)
             del fut
         del tasks
-        shard_futures.clear()
+        shard_futures.clear()   # a future still held when the cluster closes is logged as lost
 
         # the final brain, atomically to `out`
         final = root.result() if hasattr(root, "key") else root
