@@ -282,14 +282,18 @@ def plan_shards(inputs, *, split: str = "lines", workers: int = 1, shards: int |
             else:
                 log.info("no vocabulary sample: %d bytes do not fit in the first half of %s",
                          want, first_src.name)
+    # Shard 0 continues the sample's graph, which starts larger and so trains slower per byte
+    # (88 MB in 2 shards: 0.2-1.0 s of 15 behind the other); it is planned as if it already held
+    # half the sample, so that it does not finish last.
+    head_start = sample_end // 2
     if target is None:
-        target = max(1, math.ceil((total - sample_end) / n))
+        target = max(1, math.ceil((total - sample_end + head_start) / n))
         if shards is None:
             target = min(max(target, MIN_DEFAULT_SHARD), MAX_DEFAULT_SHARD)
 
     out: list[list[Piece]] = []
     cur: list[Piece] = []
-    cur_bytes = 0
+    cur_bytes = head_start
     left = limit_bytes            # input bytes still to plan under limit_bytes
 
     def close():
