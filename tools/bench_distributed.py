@@ -4,6 +4,7 @@
     python tools/bench_distributed.py                          # the 88 MB corpus: single, 1 and 2 workers
     python tools/bench_distributed.py --limit-bytes 16M        # a 16 MB prefix (a busy machine)
     python tools/bench_distributed.py --workers 1,2 --shards 2 # the same shard plan for every run
+    python tools/bench_distributed.py --graph-memory 240M --repeat 5  # median speedup of 5 rounds
 
 Each configuration runs in a fresh process: "single" feeds every episode into one Graph in this
 process (what tools/train.py does, without its checkpoints) and saves it; "N workers" runs
@@ -66,7 +67,8 @@ def run_one(cfg: dict) -> dict:
     else:
         s = train_distributed([cfg["corpus"]], out, limits=limits, workers=cfg["workers"],
                               shards=cfg["shards"], limit_bytes=cfg["limit_bytes"],
-                              ship=cfg["ship"], vocab_bytes=cfg["vocab_bytes"])
+                              ship=cfg["ship"], vocab_bytes=cfg["vocab_bytes"],
+                              final_memory=cfg["final_memory"])
         seconds = time.perf_counter() - t0
         res = {"mode": f"{cfg['workers']} workers", "bytes": s["bytes"],
                "seconds": round(seconds, 3), "cluster_seconds": s["cluster_seconds"],
@@ -75,14 +77,15 @@ def run_one(cfg: dict) -> dict:
                "shard_task_seconds": s["shard_task_seconds"],
                "merge_task_seconds": s["merge_task_seconds"],
                "root_merge_seconds": s["root_merge_seconds"], "dashboard_link": s["dashboard_link"]}
-    g = melvin.load(out)
-    st = g.stats()
-    res.update(nodes=st["nodes"], edges=st["edges"], memory_bytes=st["memory_bytes"],
-               prunes=st["prunes"], brain_bytes=os.path.getsize(out))
-    t1 = time.perf_counter()
-    bits, nbytes = heldout_bits(g, cfg["heldout"], cfg["eval_bytes"])
-    res.update(bits_per_byte=round(bits / nbytes, 4), eval_bytes=nbytes,
-               eval_seconds=round(time.perf_counter() - t1, 3))
+    if cfg.get("score", True):
+        g = melvin.load(out)
+        st = g.stats()
+        res.update(nodes=st["nodes"], edges=st["edges"], memory_bytes=st["memory_bytes"],
+                   prunes=st["prunes"], brain_bytes=os.path.getsize(out))
+        t1 = time.perf_counter()
+        bits, nbytes = heldout_bits(g, cfg["heldout"], cfg["eval_bytes"])
+        res.update(bits_per_byte=round(bits / nbytes, 4), eval_bytes=nbytes,
+                   eval_seconds=round(time.perf_counter() - t1, 3))
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     res["peak_worker_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     with open(out, "rb") as f:
@@ -110,7 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-bytes", type=_size, default=None,
                     help="vocabulary sample size (default the library's; 0 = none)")
     ap.add_argument("--ship", choices=("file", "bytes"), default="file")
+    ap.add_argument("--final-memory", default=None,
+                    help="max_memory of the last merge's brain (default --graph-memory; "
+                         "tools/train.py --workers gives it a single process's graph budget)")
     ap.add_argument("--no-single", action="store_true", help="skip the single-process reference")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the distributed configurations N times, alternating, and report "
+                         "each round's speedup over 1 worker and their median (this machine's "
+                         "speed drifts by 10%% within minutes; the brains are scored once)")
     ap.add_argument("--max-load", type=float, default=None,
                     help="refuse the full corpus when the 1-minute load average is above this")
     ap.add_argument("--json", action="store_true")
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
     base = dict(corpus=os.path.abspath(args.corpus), heldout=os.path.abspath(args.heldout),
                 eval_bytes=args.eval_bytes, limit_bytes=args.limit_bytes,
                 graph_memory=args.graph_memory, shards=args.shards, ship=args.ship,
-                vocab_bytes=args.vocab_bytes)
+                vocab_bytes=args.vocab_bytes, final_memory=args.final_memory)
     configs = [] if args.no_single else [dict(base, mode="single", out=os.path.join(tmp, "single.mlv"))]
     for w in [int(x) for x in args.workers.split(",") if x.strip()]:
         configs.append(dict(base, mode="distributed", workers=w,
@@ -141,20 +151,36 @@ def main(argv=None) -> int:
           f"{'all of it' if args.limit_bytes is None else f'the first {args.limit_bytes / 1e6:.1f} MB'}; "
           f"held-out {args.heldout} first {args.eval_bytes / 1e6:.1f} MB; graph memory "
           f"{args.graph_memory}; load average {load0} at start", file=sys.stderr)
-    results = []
-    for cfg in configs:
+    results, rounds = [], []
+
+    def run(cfg):
         la = loadavg()
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", json.dumps(cfg)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             print(f"configuration {cfg['mode']} {cfg.get('workers', '')} failed", file=sys.stderr)
-            return 1
+            return None
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["load_before"] = la
-        results.append(res)
-        print(f"# {res['mode']}: {res['seconds']} s, {res['bits_per_byte']} bits/byte "
+        print(f"# {res['mode']}: {res['seconds']} s, {res.get('bits_per_byte', '-')} bits/byte "
               f"(load {la})", file=sys.stderr)
+        return res
+
+    for cfg in configs:
+        res = run(cfg)
+        if res is None:
+            return 1
+        results.append(res)
+    dist = [c for c in configs if c["mode"] == "distributed"]
+    for k in range(1, max(1, args.repeat)):
+        times = {}
+        for cfg in (dist if k % 2 == 0 else dist[::-1]):      # alternate the order
+            res = run(dict(cfg, score=False))
+            if res is None:
+                return 1
+            times[res["mode"]] = res["seconds"]
+        rounds.append(times)
     os.rmdir(tmp)
     by = {r["mode"]: r for r in results}
     one = by.get("1 workers")
@@ -165,8 +191,17 @@ def main(argv=None) -> int:
         if single and r is not single:
             r["speedup_vs_single"] = round(single["seconds"] / r["seconds"], 3)
             r["bpb_vs_single"] = round(r["bits_per_byte"] / single["bits_per_byte"] - 1, 4)
+    rounds.insert(0, {r["mode"]: r["seconds"] for r in results if r["mode"] != "single"})
+    ratios = {}
+    for r in results:
+        if one and r is not one and r["mode"] != "single":
+            ratios[r["mode"]] = sorted(t["1 workers"] / t[r["mode"]] for t in rounds)
     summary = {"corpus": args.corpus, "limit_bytes": args.limit_bytes, "load_start": load0,
-               "load_end": loadavg(), "results": results}
+               "load_end": loadavg(), "results": results, "rounds": rounds,
+               "speedup_vs_1_worker_per_round": ratios,
+               "median_speedup_vs_1_worker": {m: v[len(v) // 2] if len(v) % 2 else
+                                              (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+                                              for m, v in ratios.items()}}
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -181,6 +216,11 @@ def main(argv=None) -> int:
               f"{r['bits_per_byte']:9.4f} "
               f"{vs:>9} "
               f"{r['load_before']:5.2f}")
+    if len(rounds) > 1:
+        for mode, v in ratios.items():
+            print(f"{mode} over 1 worker in {len(v)} rounds: "
+                  f"{', '.join(f'{x:.3f}' for x in v)}; median "
+                  f"{summary['median_speedup_vs_1_worker'][mode]:.3f}")
     print(f"load average: {load0} at start, {summary['load_end']} at end")
     return 0
 
