@@ -44,6 +44,61 @@ CAPACITY_NAMES = ("nodes", "contexts", "edges", "trie", "arena", "node_index", "
 MEMO_DTYPE = np.dtype([("tag", "<u8"), ("version", "<u8"), ("value", "<f8")])
 
 
+# The duplicate checks look every item up by its key: two cache misses each (index slot, then the
+# record it names), so they are pipelined like the loader's index fill -- the slot of item i+16
+# and the record of item i+8 are fetched while item i is looked up. Each returns the first item
+# its lookup does not find as itself (NONE if there is none).
+
+cdef uint32_t _first_ctx_not_found(GraphC* g) noexcept nogil:
+    cdef uint32_t c, s, n = g.n_ctxs
+    cdef uint64_t cap = g.ctx_ix.capacity
+    for c in range(n):
+        if cap and c + 16 < n:
+            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + 16]), cap)])
+        if cap and c + 8 < n:
+            s = g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + 8]), cap)]
+            if s:
+                prefetch(&g.ctxs[s - 1])
+        if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
+            return c
+    return NONE
+
+
+cdef uint32_t _first_edge_not_found(GraphC* g) noexcept nogil:
+    """Needs every edge's ctx and dst checked in range first (they are hashed, not followed)."""
+    cdef uint32_t e, s, n = g.n_edges
+    cdef uint64_t cap = g.edge_ix.capacity
+    for e in range(n):
+        if cap and e + 16 < n:
+            prefetch(&g.edge_ix.slots[fastrange(edge_hash(g.edges[e + 16].ctx, g.edges[e + 16].dst),
+                                                cap)])
+        if cap and e + 8 < n:
+            s = g.edge_ix.slots[fastrange(edge_hash(g.edges[e + 8].ctx, g.edges[e + 8].dst), cap)]
+            if s:
+                prefetch(&g.edges[s - 1])
+        if edge_find(g, g.edges[e].ctx, g.edges[e].dst) != e:
+            return e
+    return NONE
+
+
+cdef uint32_t _first_node_not_found(GraphC* g) noexcept nogil:
+    """Needs every node's payload checked inside the arena first."""
+    cdef uint32_t v, s, n = g.n_nodes
+    cdef uint64_t cap = g.node_ix.capacity
+    cdef NodeC* nd
+    for v in range(n):
+        if cap and v + 16 < n:
+            prefetch(&g.node_ix.slots[fastrange(g.nodes[v + 16].key, cap)])
+        if cap and v + 8 < n:
+            s = g.node_ix.slots[fastrange(g.nodes[v + 8].key, cap)]
+            if s:
+                prefetch(&g.nodes[s - 1])
+        nd = &g.nodes[v]
+        if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
+            return v
+    return NONE
+
+
 cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
@@ -625,8 +680,6 @@ cdef class Core:
                            if nd.payload_len or v == STOP else MARKER_POLY()) or \
                     nd.key != node_key(nd.poly, nd.port, nd.payload_len):
                 raise InvariantError(f"node {v} key does not match its payload")
-            if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
-                raise InvariantError(f"node {v} not found by its key (or duplicated)")
             if v == STOP:
                 continue
             if nd.payload_len == 0:
@@ -663,6 +716,10 @@ cdef class Core:
                     raise InvariantError(f"trie path of node {v} broken")
             if g.trie[state].node != v or nd.state != state:
                 raise InvariantError(f"trie does not end at node {v}")
+        with nogil:
+            v = _first_node_not_found(g)
+        if v != NONE:
+            raise InvariantError(f"node {v} not found by its key (or duplicated)")
         for j in range(256):
             state = g.port_root[j]
             if state == NONE:
@@ -700,11 +757,11 @@ cdef class Core:
         cdef GraphC* g = &self.g
         cdef uint32_t c, e, j, steps = 0
         cdef uint64_t total
-        for c in range(g.n_ctxs):
-            if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
-                raise InvariantError(f"context {c} not found by its key (or duplicated)")
-            if not lists:
-                continue
+        with nogil:
+            c = _first_ctx_not_found(g)
+        if c != NONE:
+            raise InvariantError(f"context {c} not found by its key (or duplicated)")
+        for c in range(g.n_ctxs if lists else 0):
             total = 0
             j = 0
             e = g.ctxs[c].head
@@ -728,8 +785,10 @@ cdef class Core:
                 raise InvariantError(f"edge {e} names a missing node or context")
             if g.edges[e].count == 0:
                 raise InvariantError(f"edge {e} has a zero count")
-            if edge_find(g, g.edges[e].ctx, g.edges[e].dst) != e:
-                raise InvariantError(f"edge {e} not found by (ctx, dst) (or duplicated)")
+        with nogil:
+            e = _first_edge_not_found(g)
+        if e != NONE:
+            raise InvariantError(f"edge {e} not found by (ctx, dst) (or duplicated)")
         return True
 
     # --- persistence support -------------------------------------------------------------------
