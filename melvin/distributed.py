@@ -57,10 +57,12 @@ replaced (LocalCluster's nanny) and its task rescheduled by the scheduler, up to
 ``distributed.scheduler.allowed-failures`` deaths per task (set to at least ``retries`` for a
 LocalCluster started here; a remote scheduler uses its own configuration).
 
-Memory. Each worker holds one graph while training (up to ``limits.max_memory``) and two loaded
-brains plus melvin.merge's working set while merging, which peaks at about MERGE_FACTOR times one
-input graph's memory. run_from_args sizes the graph budget from a per-worker process budget
-accordingly.
+Memory. Each worker holds one graph while training (up to ``limits.max_memory``) and two brains
+plus melvin.merge's working set while merging, which peaks at about MERGE_FACTOR times one input
+graph's memory (merge_consuming frees each absorbed input at once). A left shard's task holds its
+graph while it waits for the right one; if that runs on the same worker, the worker holds two
+graphs meanwhile, still below MERGE_FACTOR. run_from_args sizes the graph budget from a per-worker
+process budget accordingly; the summary reports the workers' peak RSS (``worker_peak_rss``).
 
 CLI. ``add_arguments(parser)`` adds --workers, --scheduler, --ship, --shards, --shard-bytes,
 --shard-dir, --keep-shards, --vocab-bytes and --retries to melvin.train's parser; ``run_from_args(args)`` runs a

@@ -29,6 +29,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -199,9 +200,7 @@ def main(argv=None) -> int:
     summary = {"corpus": args.corpus, "limit_bytes": args.limit_bytes, "load_start": load0,
                "load_end": loadavg(), "results": results, "rounds": rounds,
                "speedup_vs_1_worker_per_round": ratios,
-               "median_speedup_vs_1_worker": {m: v[len(v) // 2] if len(v) % 2 else
-                                              (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-                                              for m, v in ratios.items()}}
+               "median_speedup_vs_1_worker": {m: statistics.median(v) for m, v in ratios.items()}}
     if args.json:
         print(json.dumps(summary))
         return 0
