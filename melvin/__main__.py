@@ -49,7 +49,9 @@ def cmd_demo(args) -> int:
     for prompt in (b"The \"assert\" statement", b"The simple form, ", b"Assignment statements are",
                    b"A class definition"):
         out = g.generate(prompt, max_bytes=80)
-        print(f"  {prompt.decode()!r} -> {out.decode('utf-8', 'replace')!r}")
+        # every line is an episode: an empty continuation is a prediction that the line ends
+        why = "" if out else "  (the most probable next step ends the line)"
+        print(f"  {prompt.decode()!r} -> {out.decode('utf-8', 'replace')!r}{why}")
     if args.save:
         g.save(args.save)
         print(f"saved to {args.save}")
