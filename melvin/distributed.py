@@ -38,9 +38,10 @@ atomically to ``out``. With ``ship="file"`` the first level's pairs of shards to
 by the left shard's own task (train_shard_and_absorb): once trained, it waits for the right
 shard's task (through a dask Variable holding its future, its thread seceded from the worker's
 pool) and merges that brain into its graph while it is still in memory, which saves writing and
-loading it (88 MB, 2 workers: the merge stage 1.8 -> 1.2 s); the brain is the same. Inputs are read by the workers at the client's absolute paths (a
-shared mount, or the same copy on every machine); each task checks the input's size and
-fingerprint against the plan and refuses a different file.
+loading it (88 MB, 2 workers: the merge stage 1.8 -> 1.2 s); the brain is the same. Inputs are
+read by the workers at the client's absolute paths (a shared mount, or the same copy on every
+machine); each task checks the input's size and fingerprint against the plan and refuses a
+different file.
 
 Determinism. Training and merge are deterministic and the tree's shape depends only on the plan, so
 the same inputs, limits, seed and shard plan give a byte-identical brain, whatever the number of
@@ -450,9 +451,8 @@ def _atomic_copy(src: str, dst: str) -> None:
 
 
 def _peak_rss() -> int:
-    """This worker process's peak RSS so far, in bytes (Linux reports KiB)."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from melvin.train import peak_rss         # this worker process's, so far
+    return peak_rss()
 
 
 def _graph_stats(g) -> dict:
@@ -510,10 +510,10 @@ def train_shard_and_absorb(shard: Shard, limits: Limits, seed: int, workdir: str
                            fault, sample: dict | None, right: str, merge_limits: Limits,
                            name: str) -> dict:
     """Train `shard` (as train_shard with ship="file"), then wait for the task whose future is in
-    the dask Variable `right` (the shard task of its neighbour in the merge tree) and merge that brain into this one while
-    it is still in memory (a task): merge_pair's result, without writing this shard's brain
-    unless it is checkpointed and without loading it again. Returns merge_pair's result with this
-    shard's meta under "shard"."""
+    the dask Variable `right` (the shard task of its neighbour in the merge tree) and merge that
+    brain into this one while it is still in memory (a task): merge_pair's result, without
+    writing this shard's brain unless it is checkpointed and without loading it again. Returns
+    merge_pair's result with this shard's meta under "shard"."""
     from melvin.merge import merge_consuming
 
     g, meta = _train(shard, limits, seed, fault, sample)

@@ -13,7 +13,7 @@ from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
-                                 trie_build, shrink_to_fit,
+                                 trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
@@ -45,24 +45,9 @@ MEMO_DTYPE = np.dtype([("tag", "<u8"), ("version", "<u8"), ("value", "<f8")])
 
 
 # The duplicate checks look every item up by its key: two cache misses each (index slot, then the
-# record it names), so they are pipelined like the loader's index fill -- the slot of item i+16
-# and the record of item i+8 are fetched while item i is looked up. Each returns the first item
-# its lookup does not find as itself (NONE if there is none).
-
-cdef uint32_t _first_ctx_not_found(GraphC* g) noexcept nogil:
-    cdef uint32_t c, s, n = g.n_ctxs
-    cdef uint64_t cap = g.ctx_ix.capacity
-    for c in range(n):
-        if cap and c + 16 < n:
-            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + 16]), cap)])
-        if cap and c + 8 < n:
-            s = g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + 8]), cap)]
-            if s:
-                prefetch(&g.ctxs[s - 1])
-        if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
-            return c
-    return NONE
-
+# record it names), so they are pipelined like store.ctx_find_many -- the slot of item i+16 and
+# the record of item i+8 are fetched while item i is looked up. Each returns the first item its
+# lookup does not find as itself (NONE if there is none).
 
 cdef uint32_t _first_edge_not_found(GraphC* g) noexcept nogil:
     """Needs every edge's ctx and dst checked in range first (they are hashed, not followed)."""
@@ -757,10 +742,14 @@ cdef class Core:
         cdef GraphC* g = &self.g
         cdef uint32_t c, e, j, steps = 0
         cdef uint64_t total
-        with nogil:
-            c = _first_ctx_not_found(g)
-        if c != NONE:
-            raise InvariantError(f"context {c} not found by its key (or duplicated)")
+        found_arr = np.empty(g.n_ctxs, dtype=np.uint32)
+        cdef uint32_t[::1] found = found_arr
+        if g.n_ctxs:
+            with nogil:
+                ctx_find_many(g, g.ctxs, g.n_ctxs, &found[0])
+        bad = np.flatnonzero(found_arr != np.arange(g.n_ctxs, dtype=np.uint32))
+        if len(bad):
+            raise InvariantError(f"context {bad[0]} not found by its key (or duplicated)")
         for c in range(g.n_ctxs if lists else 0):
             total = 0
             j = 0

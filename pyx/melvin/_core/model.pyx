@@ -9,7 +9,7 @@ cdef extern from "stdlib.h" nogil:
 from melvin._core.store cimport (MemoC, ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
-                                 node_find, trie_sum_aggregates)
+                                 node_find, trie_sum_aggregates, ctx_find_many)
 
 # Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
 cdef double PRUNE_SHARE = 0.7
@@ -1082,28 +1082,6 @@ cdef inline uint32_t _ceil_shift(uint32_t c, uint32_t s) noexcept nogil:
     return (c + (1u << s) - 1) >> s
 
 
-cdef void _find_ctxs(GraphC* g, GraphC* o, uint32_t* cmap) noexcept nogil:
-    """cmap[c] = g's context with o's context c's key (NONE if none), pipelined: every lookup is
-    two cache misses (index slot, then the record it names), so the slot of context c+16 and the
-    record of context c+8 are fetched while c is looked up."""
-    cdef uint32_t c, s, n = o.n_ctxs
-    cdef uint64_t cap = g.ctx_ix.capacity
-    if cap == 0:
-        for c in range(n):
-            cmap[c] = NONE
-        return
-    for c in range(n if n < 16 else 16):
-        prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c]), cap)])
-    for c in range(n):
-        if c + 16 < n:
-            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c + 16]), cap)])
-        if c + 8 < n:
-            s = g.ctx_ix.slots[fastrange(ctx_key(&o.ctxs[c + 8]), cap)]
-            if s:
-                prefetch(&g.ctxs[s - 1])
-        cmap[c] = ctx_find(g, ctx_key(&o.ctxs[c]))
-
-
 cdef int _absorb_into(GraphC* g, GraphC* o, uint32_t* nmap) noexcept nogil:
     cdef uint32_t u, v, l, r, c, ci, e, ei, d, sh, add, p
     cdef uint64_t key
@@ -1150,7 +1128,8 @@ cdef int _absorb_into(GraphC* g, GraphC* o, uint32_t* nmap) noexcept nogil:
     if cmap == NULL:
         g.pool.err = ERR_NOMEM
         return -1
-    _find_ctxs(g, o, cmap)        # o's keys are distinct: appending one cannot change another's
+    ctx_find_many(g, o.ctxs, o.n_ctxs, cmap)  # o's keys are distinct: appending one cannot
+                                              # change another's
     cdef int rc = _absorb_ctxs(g, o, nmap, cmap)
     free(cmap)
     return rc
@@ -1160,7 +1139,7 @@ cdef int _absorb_ctxs(GraphC* g, GraphC* o, uint32_t* nmap, uint32_t* cmap) noex
     cdef uint32_t c, ci, e, ei, d, sh, add, n = o.n_ctxs
     cdef uint64_t key
     for c in range(n):
-        # Pipelined like _find_ctxs: the records the lists of context c+4 start from (fetched at
+        # Pipelined like ctx_find_many: the records the lists of context c+4 start from (fetched at
         # c+8: o's first edge and g's context) are followed to g's first edge and index slot.
         if c + 8 < n:
             if o.ctxs[c + 8].head != NONE:

@@ -112,6 +112,8 @@ cdef void rebuild_index(GraphC* g, int kind) noexcept nogil
 # Rebuild every index and the trie from the dense arrays, in place (no allocation).
 cdef void rebuild_indexes(GraphC* g) noexcept nogil
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
+# out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).
+cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil
 # After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
 # larger of its snapshot capacity and what it now holds, in place (no allocation, cannot fail).
 cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil

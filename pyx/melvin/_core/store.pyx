@@ -355,6 +355,21 @@ cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nog
         s = g.trie[s].parent
 
 
+cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil:
+    """Every lookup is two cache misses (index slot, then the record it names), so the slot of
+    context c+16 and the record of context c+8 are fetched while c is looked up."""
+    cdef uint32_t c, s
+    cdef uint64_t cap = g.ctx_ix.capacity
+    for c in range(n):
+        if cap and c + 16 < n:
+            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(<CtxC*>&src[c + 16]), cap)])
+        if cap and c + 8 < n:
+            s = g.ctx_ix.slots[fastrange(ctx_key(<CtxC*>&src[c + 8]), cap)]
+            if s:
+                prefetch(&g.ctxs[s - 1])
+        out[c] = ctx_find(g, ctx_key(<CtxC*>&src[c]))
+
+
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil:
     """Relink successor lists and recount totals from the edge array (ascending, like incremental
     insertion, so list order is the same as if the edges had been added one by one)."""
