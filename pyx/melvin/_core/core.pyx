@@ -9,7 +9,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from melvin._core.defs cimport *
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
-from melvin._core.store cimport (GraphC, store_init, store_free, store_accounted, node_find, ctx_find,
+from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
@@ -57,10 +57,10 @@ cdef uint32_t _first_edge_not_found(GraphC* g) noexcept nogil:
         if cap and e + 16 < n:
             prefetch(&g.edge_ix.slots[fastrange(edge_hash(g.edges[e + 16].ctx, g.edges[e + 16].dst),
                                                 cap)])
-        if cap and e + 8 < n:
-            s = g.edge_ix.slots[fastrange(edge_hash(g.edges[e + 8].ctx, g.edges[e + 8].dst), cap)]
-            if s:
-                prefetch(&g.edges[s - 1])
+        if e + 8 < n:
+            s = ix_candidate(&g.edge_ix, edge_hash(g.edges[e + 8].ctx, g.edges[e + 8].dst))
+            if s != NONE:
+                prefetch(&g.edges[s])
         if edge_find(g, g.edges[e].ctx, g.edges[e].dst) != e:
             return e
     return NONE
@@ -74,10 +74,10 @@ cdef uint32_t _first_node_not_found(GraphC* g) noexcept nogil:
     for v in range(n):
         if cap and v + 16 < n:
             prefetch(&g.node_ix.slots[fastrange(g.nodes[v + 16].key, cap)])
-        if cap and v + 8 < n:
-            s = g.node_ix.slots[fastrange(g.nodes[v + 8].key, cap)]
-            if s:
-                prefetch(&g.nodes[s - 1])
+        if v + 8 < n:
+            s = ix_candidate(&g.node_ix, g.nodes[v + 8].key)
+            if s != NONE:
+                prefetch(&g.nodes[s])
         nd = &g.nodes[v]
         if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
             return v

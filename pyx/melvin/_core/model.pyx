@@ -9,7 +9,8 @@ cdef extern from "stdlib.h" nogil:
 from melvin._core.store cimport (MemoC, ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
-                                 node_find, trie_sum_aggregates, ctx_find_many)
+                                 node_find, trie_sum_aggregates, ctx_find_many,
+                                 ix_mask, ix_tag_matches, ix_value)
 
 # Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
 cdef double PRUNE_SHARE = 0.7
@@ -190,7 +191,7 @@ cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t* ci_o
 cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
     cdef uint64_t cap = g.node_ix.capacity
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s
+    cdef uint32_t s, mask = ix_mask(cap)
     cdef NodeC* n
     cdef NodeC* na = &g.nodes[a]
     cdef NodeC* nb = &g.nodes[b]
@@ -198,12 +199,14 @@ cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noex
         s = g.node_ix.slots[i]
         if s == 0:
             return NONE
-        n = &g.nodes[s - 1]
-        if n.key == key and n.port == na.port and n.payload_len == na.payload_len + nb.payload_len \
-                and memcmp(g.arena + n.payload_off, g.arena + na.payload_off, na.payload_len) == 0 \
-                and memcmp(g.arena + n.payload_off + na.payload_len, g.arena + nb.payload_off,
+        if ix_tag_matches(s, key, mask):
+            n = &g.nodes[ix_value(s, mask)]
+            if n.key == key and n.port == na.port and \
+                    n.payload_len == na.payload_len + nb.payload_len and \
+                    memcmp(g.arena + n.payload_off, g.arena + na.payload_off, na.payload_len) == 0 and \
+                    memcmp(g.arena + n.payload_off + na.payload_len, g.arena + nb.payload_off,
                            nb.payload_len) == 0:
-            return s - 1
+                return ix_value(s, mask)
         i += 1
         if i == cap:
             i = 0

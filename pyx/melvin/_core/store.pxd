@@ -122,8 +122,54 @@ cdef void caps_restore(GraphC* g, uint64_t* caps) noexcept nogil
 cdef void shrink_to_fit(GraphC* g) noexcept nogil
 
 
-cdef inline uint32_t ix_value(uint32_t slot) noexcept nogil:
-    return slot - 1
+# An index slot holds position + 1 in its low bits (0: empty) and, in the bits above, bits of the
+# item's hash (which fastrange does not use to place it): a probe compares those tag bits first and
+# reads the record only on a match, so passing an occupied slot rarely costs a cache miss. The
+# number of position bits follows the capacity (positions stay below capacity + 256: every item
+# is indexed except the trie's port roots), so a refill after the index is resized keeps them
+# consistent; with 2**24 slots 7 tag bits remain.
+
+cdef extern from *:
+    """
+    static inline uint32_t melvin_ix_mask(uint64_t capacity) {
+        uint64_t m = capacity + 256;
+        return m >= 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)(0xFFFFFFFFu >> __builtin_clz((uint32_t)m));
+    }
+    """
+    uint32_t ix_mask "melvin_ix_mask"(uint64_t capacity) noexcept nogil
+
+
+cdef inline uint32_t ix_slot(uint64_t h, uint32_t v, uint32_t mask) noexcept nogil:
+    return (<uint32_t>h & ~mask) | (v + 1)
+
+
+cdef inline bint ix_tag_matches(uint32_t slot, uint64_t h, uint32_t mask) noexcept nogil:
+    return ((slot ^ <uint32_t>h) & ~mask) == 0
+
+
+cdef inline uint32_t ix_value(uint32_t slot, uint32_t mask) noexcept nogil:
+    return (slot & mask) - 1
+
+
+cdef inline uint32_t ix_candidate(IndexC* ix, uint64_t h) noexcept nogil:
+    """The first position a probe for h would compare (NONE if none before an empty slot within
+    8 slots): what to prefetch ahead of a lookup."""
+    cdef uint64_t i
+    cdef uint32_t s, m, mask
+    if ix.capacity == 0:
+        return NONE
+    i = fastrange(h, ix.capacity)
+    mask = ix_mask(ix.capacity)
+    for m in range(8):
+        s = ix.slots[i]
+        if s == 0:
+            return NONE
+        if ix_tag_matches(s, h, mask):
+            return ix_value(s, mask)
+        i += 1
+        if i == ix.capacity:
+            i = 0
+    return NONE
 
 
 cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, uint32_t length,
@@ -132,17 +178,18 @@ cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, 
     if g.node_ix.capacity == 0:
         return NONE
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s, v
+    cdef uint32_t s, v, mask = ix_mask(cap)
     cdef NodeC* n
     while True:
         s = g.node_ix.slots[i]
         if s == 0:
             return NONE
-        v = s - 1
-        n = &g.nodes[v]
-        if n.key == key and n.port == port and n.payload_len == length and \
-                memcmp(g.arena + n.payload_off, payload, length) == 0:
-            return v
+        if ix_tag_matches(s, key, mask):
+            v = ix_value(s, mask)
+            n = &g.nodes[v]
+            if n.key == key and n.port == port and n.payload_len == length and \
+                    memcmp(g.arena + n.payload_off, payload, length) == 0:
+                return v
         i += 1
         if i == cap:
             i = 0
@@ -153,13 +200,15 @@ cdef inline uint32_t ctx_find(GraphC* g, uint64_t key) noexcept nogil:
     if g.ctx_ix.capacity == 0:
         return NONE
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s
+    cdef uint32_t s, v, mask = ix_mask(cap)
     while True:
         s = g.ctx_ix.slots[i]
         if s == 0:
             return NONE
-        if g.ctxs[s - 1].key_lo == <uint32_t>key and g.ctxs[s - 1].key_hi == <uint32_t>(key >> 32):
-            return s - 1
+        if ix_tag_matches(s, key, mask):
+            v = ix_value(s, mask)
+            if g.ctxs[v].key_lo == <uint32_t>key and g.ctxs[v].key_hi == <uint32_t>(key >> 32):
+                return v
         i += 1
         if i == cap:
             i = 0
@@ -169,16 +218,19 @@ cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept n
     cdef uint64_t cap = g.edge_ix.capacity
     if g.edge_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = fastrange(edge_hash(ctx, dst), cap)
-    cdef uint32_t s
+    cdef uint64_t h = edge_hash(ctx, dst)
+    cdef uint64_t i = fastrange(h, cap)
+    cdef uint32_t s, v, mask = ix_mask(cap)
     cdef EdgeC* e
     while True:
         s = g.edge_ix.slots[i]
         if s == 0:
             return NONE
-        e = &g.edges[s - 1]
-        if e.ctx == ctx and e.dst == dst:
-            return s - 1
+        if ix_tag_matches(s, h, mask):
+            v = ix_value(s, mask)
+            e = &g.edges[v]
+            if e.ctx == ctx and e.dst == dst:
+                return v
         i += 1
         if i == cap:
             i = 0
@@ -188,16 +240,19 @@ cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint32_t byte) noexce
     cdef uint64_t cap = g.trie_ix.capacity
     if g.trie_ix.capacity == 0:
         return NONE
-    cdef uint64_t i = fastrange(trie_hash(state, byte), cap)
-    cdef uint32_t s
+    cdef uint64_t h = trie_hash(state, byte)
+    cdef uint64_t i = fastrange(h, cap)
+    cdef uint32_t s, v, mask = ix_mask(cap)
     cdef TrieC* t
     while True:
         s = g.trie_ix.slots[i]
         if s == 0:
             return NONE
-        t = &g.trie[s - 1]
-        if t.parent == state and t.byte == byte:
-            return s - 1
+        if ix_tag_matches(s, h, mask):
+            v = ix_value(s, mask)
+            t = &g.trie[v]
+            if t.parent == state and t.byte == byte:
+                return v
         i += 1
         if i == cap:
             i = 0

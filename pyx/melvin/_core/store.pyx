@@ -88,7 +88,7 @@ cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
         i += 1
         if i == cap:
             i = 0
-    ix.slots[i] = v + 1
+    ix.slots[i] = ix_slot(h, v, ix_mask(cap))
     ix.filled += 1
 
 
@@ -96,7 +96,8 @@ cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
     """Remove the slot of v (only right after inserting it, before anything probes past it)."""
     cdef uint64_t cap = ix.capacity
     cdef uint64_t i = fastrange(h, cap)
-    while ix.slots[i] != v + 1:
+    cdef uint32_t slot = ix_slot(h, v, ix_mask(cap))
+    while ix.slots[i] != slot:
         i += 1
         if i == cap:
             i = 0
@@ -363,10 +364,10 @@ cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) n
     for c in range(n):
         if cap and c + 16 < n:
             prefetch(&g.ctx_ix.slots[fastrange(ctx_key(<CtxC*>&src[c + 16]), cap)])
-        if cap and c + 8 < n:
-            s = g.ctx_ix.slots[fastrange(ctx_key(<CtxC*>&src[c + 8]), cap)]
-            if s:
-                prefetch(&g.ctxs[s - 1])
+        if c + 8 < n:
+            s = ix_candidate(&g.ctx_ix, ctx_key(<CtxC*>&src[c + 8]))
+            if s != NONE:
+                prefetch(&g.ctxs[s])
         out[c] = ctx_find(g, ctx_key(<CtxC*>&src[c]))
 
 
