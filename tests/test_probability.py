@@ -232,3 +232,16 @@ def test_sorted_exclusion_ranges_equal_the_walk(wiki_lines):
                 ranges.feed(x)
     finally:
         model._set_excl_min(256)
+
+
+def test_spelling_shares_evidence_between_tokens_with_a_common_prefix():
+    """Scoring spells a token byte by byte: 'cap' never followed 'the ', but tokens starting with
+    'ca' did, so it costs far less there than 'dog', which is as frequent overall."""
+    g = melvin.Graph()
+    for _ in range(5):
+        for line in (b"the cat sat", b"the car sat", b"the cab sat", b"a dog ran", b"a cap ran",
+                     b"my dog", b"my cap"):
+            g.feed(line)
+    assert g.score_bits(b"the cap sat") < g.score_bits(b"the dog sat") - 5
+    dist = g._core.distribution(b"the ")
+    assert abs(float(dist.sum()) - 1.0) < 1e-9

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The owning extension type: one GraphC, its pool, and the Python surface of the core."""
 import bisect
+import heapq
 import math
 
 import numpy as np
@@ -12,13 +13,13 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact, MemoC,
+                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 is_excluded, excluded_mass, prob_next, score_smoothing,
+                                 is_excluded, prob_next, spell_step, score_smoothing,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -41,7 +42,6 @@ CAPACITY_NAMES = ("nodes", "contexts", "edges", "trie", "arena", "node_index", "
                   "edge_index", "trie_index")
 
 
-MEMO_DTYPE = np.dtype([("tag", "<u8"), ("version", "<u8"), ("value", "<f8")])
 
 
 # The duplicate checks look every item up by its key: two cache misses each (index slot, then the
@@ -87,20 +87,6 @@ cdef uint32_t _first_node_not_found(GraphC* g) noexcept nogil:
 cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
-    cdef object _memo            # numpy buffer behind g.memo (query scratch, not graph memory)
-
-    cdef void _ensure_memo(self):
-        cdef cnp.ndarray arr
-        if self._memo is None:
-            # About one entry per 8 contexts (24 B each), 1K..256K entries: scratch in
-            # proportion to the graph, allocated once per Core on its first score.
-            size = 1024
-            while size < (1 << 18) and size * 8 < self.g.n_ctxs:
-                size *= 2
-            arr = np.zeros(size, dtype=MEMO_DTYPE)
-            self._memo = arr
-            self.g.memo = <MemoC*>cnp.PyArray_DATA(arr)
-            self.g.memo_mask = size - 1
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
@@ -244,7 +230,6 @@ cdef class Core:
         cdef size_t n = data.shape[0]
         cdef const uint8_t* p = &data[0] if n else NULL
         cdef double bits
-        self._ensure_memo()
         with nogil:
             bits = score_episode(&self.g, p, n, <uint8_t>port)
         return bits
@@ -324,7 +309,6 @@ cdef class Core:
             memcpy(own, cis, m * sizeof(uint32_t))
             own[0] = NONE
             cis = own
-        cdef double norm = 1.0 - excluded_mass(&self.g, a, cis, m)
         for k in range(m):
             if cis[k] == NONE:
                 continue
@@ -334,8 +318,8 @@ cdef class Core:
                 if d not in out and (d == STOP or (self.g.nodes[d].port == port and
                                                    self.g.nodes[d].payload_len > 0)) and \
                         not is_excluded(&self.g, a, d):
-                    out[d] = prob_of(&self.g, cis, m, d,
-                                     score_smoothing(&self.g) if exclude else &SMOOTH_RECALL) / norm
+                    out[d] = prob_next(&self.g, tr, cis, m, d) if exclude else \
+                        prob_of(&self.g, cis, m, d, &SMOOTH_RECALL)
                 e = self.g.edges[e].next
         return out
 
@@ -447,26 +431,51 @@ cdef class Core:
         return [(self._payload(u), w / total) for u, w in ranked]
 
     def predict(self, const uint8_t[::1] prompt, int k=5, int port=0):
+        """The k most probable next tokens under prob_next, exactly: a best-first walk of the
+        trie, one spelling step at a time (a prefix is at least as probable as every token
+        below it), so tokens never seen in this context but spelled like ones that were rank
+        where they belong."""
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
         cdef uint32_t cis[MAX_CONTEXT + 8]
-        cdef uint32_t m, v
+        cdef uint32_t m, v, x
+        cdef double step[257]
+        cdef const uint8_t* q
         cdef list starts = []
+        cdef bytes item
         if k <= 0 or self.g.port_root[<uint8_t>port] == NONE:
             return []
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
-        cand = self._candidates(&tr, cis, m, <uint8_t>port, True)
-        # Unobserved tokens share the order-0 floor; the most frequent of them can still rank.
-        counts = self.node_counts()
-        for v in np.argsort(-counts.astype(np.int64), kind="stable")[:k + 64]:
-            if v not in cand and not is_excluded(&self.g, tr.ids[0], <uint32_t>v) and \
-                    (v == STOP or self.g.nodes[v].payload_len > 0):
-                cand[int(v)] = prob_next(&self.g, &tr, cis, m, <uint32_t>v)
-        ranked = sorted(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))[:k]
-        return [(b"" if v == STOP else self._payload(v), prob) for v, prob in ranked]
+        heap = [(-1.0, 0, b"", 0)]          # (-probability, 0 prefix / 1 token, bytes, id)
+        found = []
+        while heap and (len(found) < k or -heap[0][0] >= found[len(found) - 1][0]):
+            negp, kind, item, v = heapq.heappop(heap)
+            if kind == 1:
+                found.append((-negp, v))
+                continue
+            q = item
+            if spell_step(&self.g, tr.ids[0], cis, m, <uint8_t>port, q, len(item), step) < 0:
+                if self.g.pool.err:
+                    self._raise("predicting")
+                continue
+            for x in range(257):
+                if step[x] <= 0.0:
+                    continue
+                if x < 256:
+                    heapq.heappush(heap, (negp * step[x], 0, item + bytes((x,)), 0))
+                else:
+                    v = STOP if not item else self._node_of(item, <uint8_t>port)
+                    heapq.heappush(heap, (negp * step[x], 1, item, v))
+        ranked = sorted(found, key=lambda pv: (-pv[0], self._tie_key(pv[1])))[:k]
+        return [(b"" if v == STOP else self._payload(v), prob) for prob, v in ranked]
+
+    cdef uint32_t _node_of(self, bytes payload, uint8_t port):
+        cdef const uint8_t* p = payload
+        cdef uint32_t n = len(payload)
+        return node_find(&self.g, node_key(poly_bytes(p, n), port, n), p, n, port)
 
     def distribution(self, const uint8_t[::1] prompt, int port=0):
         """The full next-token distribution after the prompt, indexed by node id (for tests)."""

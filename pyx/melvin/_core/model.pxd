@@ -40,8 +40,11 @@ cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
-cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil
+# prob_next's distribution one byte at a time: after the prefix pfx, out[x] for each next byte and
+# out[256] for the token ending there (see model.pyx); -1 if no token continues pfx.
+cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,
+                    const uint8_t* pfx, uint32_t len_p, double* out) noexcept nogil
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil
 # Merging: drop least recently used singletons until the compactly rebuilt graph would fit.

@@ -2,11 +2,11 @@
 from libc.string cimport memcpy, memmove, memcmp, memset
 from libc.math cimport log2
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, realloc, free, calloc
 cdef extern from "stdlib.h" nogil:
     void qsort_r(void* base, size_t nmemb, size_t size,
                  int (*compar)(const void*, const void*, void*) noexcept nogil, void* arg)
-from melvin._core.store cimport (MemoC, ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+from melvin._core.store cimport (ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
                                  node_find, trie_sum_aggregates, ctx_find_many,
@@ -409,17 +409,22 @@ cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
 
 # Discounted interpolation (Pitman-Yor / Kneser-Ney style, without continuation counts):
 #   p_k(v) = (max(c - d, 0) + (a + d * D) * p_{k-1}(v)) / (T + a)
-# Chosen on wiki held-out (tools/bench.py): d = 0.9, a = 8 beat Witten-Bell by 0.15 bits/byte once
+# over tokens for generation (prob_of): d = 0.9, a = 8 beat Witten-Bell by 0.15 bits/byte once
 # byte-suffix contexts were added. A context only ever followed by one token is trusted more
-# (PPM's deterministic contexts): a = 0.3 there lifted next-word recall 0.16 -> 0.59 at no cost in
-# bits/byte. Generation also discounts deterministic contexts less (d = 0.3): recall 0.52 -> 0.67,
-# which would cost 0.013 bits/byte if scoring used it, so scoring does not.
-SMOOTH_SCORE.discount = 0.9
-SMOOTH_SCORE.strength = 8.0
-SMOOTH_SCORE.det_discount = 0.9
-SMOOTH_SCORE.det_strength = 0.3
-SMOOTH_RECALL = SMOOTH_SCORE
+# (PPM's deterministic contexts): a = 0.3 there lifted next-word recall 0.16 -> 0.59.
+# Generation also discounts deterministic contexts less (d = 0.3): recall 0.52 -> 0.67.
+SMOOTH_RECALL.discount = 0.9
+SMOOTH_RECALL.strength = 8.0
 SMOOTH_RECALL.det_discount = 0.3
+SMOOTH_RECALL.det_strength = 0.3
+# Scoring and predict spell tokens (prob_spelled: c, T and D count next units at a trie step, and
+# "deterministic" means one next unit there). Chosen on wiki held-out and checked on big.txt
+# (8 MB trained, 300 KB of heldout.txt): (0.9, 8, 0.9, 0.3) 2.3407 / 2.2519 bits per byte,
+# (0.6, 24, 0.5, 3) 2.3046 / 2.2098; (0.5, 16, 0.5, 3) 2.3036 / 2.2150.
+SMOOTH_SCORE.discount = 0.6
+SMOOTH_SCORE.strength = 24.0
+SMOOTH_SCORE.det_discount = 0.5
+SMOOTH_SCORE.det_strength = 3.0
 # Without hierarchy every token is one byte and the contexts are many and short-lived: a weaker
 # prior on each context's own counts fits better (wiki held-out, byte contexts 2..24: a = 8 2.1087,
 # a = 2 2.0955, d = 0.85 and det a = 0.2 2.0926 bits/byte).
@@ -501,64 +506,21 @@ cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil:
     return False
 
 
-cdef double _subtree_weight(GraphC* g, uint32_t top, uint32_t s, uint8_t port) noexcept nogil:
-    """Sum of (count + 1) over nodes whose payload starts with the bytes on the trie path from
-    `top` (exclusive) down to `s` (inclusive)."""
-    cdef uint8_t path[65536]
-    cdef uint32_t depth = 0, r, j
-    while s != top:
-        path[depth] = <uint8_t>g.trie[s].byte
-        depth += 1
-        s = g.trie[s].parent
-    r = g.port_root[port]
-    j = depth
-    while j > 0:
-        j -= 1
-        r = trie_child(g, r, path[j])
-        if r == NONE:
-            return 0.0
-    return <double>g.trie[r].agg
-
-
 cdef inline uint64_t _version(GraphC* g) noexcept nogil:
     # Changes whenever counts or ids can have changed (learning, pruning).
     return g.tokens_fed ^ (g.prunes << 40) ^ (g.n_nodes << 20)
 
 
-cdef inline bint _memo_get(GraphC* g, uint64_t tag, double* value) noexcept nogil:
-    cdef MemoC* m
-    if g.memo == NULL:
-        return False
-    m = &g.memo[fmix64(tag) & g.memo_mask]
-    if m.tag == tag and m.version == _version(g) + 1:
-        value[0] = m.value
-        return True
-    return False
-
-
-cdef inline void _memo_put(GraphC* g, uint64_t tag, double value) noexcept nogil:
-    cdef MemoC* m
-    if g.memo == NULL:
-        return
-    m = &g.memo[fmix64(tag) & g.memo_mask]
-    m.tag = tag
-    m.version = _version(g) + 1          # +1: a zeroed entry never matches
-    m.value = value
-
-
-# --- exclusion sums over busy contexts ------------------------------------------------------------
-# A context with thousands of successors (a short byte suffix, a frequent token) is met after many
-# different tokens a, and each a excludes a different subset of its successors: walking the list
-# for every (context, a) made scoring a brain trained on 88 MB
-# ~10 KB/s (~200 KB/s with this). The tokens a excludes are those that
-# start with one of a's minimal extensions (the byte strings c with a+c a node and no shorter
-# one); sorted by payload, each c's tokens are one range, summed from prefix sums.
+# --- sorted successors of busy contexts -------------------------------------------------------------
+# A context with thousands of successors (a short byte suffix, a frequent token) would be walked
+# at every spelling step of every token scored after it. Sorted by (port, payload), the successors
+# that start with a given prefix are one range, summed from prefix sums, and the distinct next
+# units are blocks found by binary search.
 cdef uint32_t EXCL_MIN = 256        # successors for a context to get a sorted copy (scoring a
                                     # brain trained on 88 MB: 256 and 1024 about equally fast)
 cdef enum:
     EXCL_SLOTS = 8192               # contexts held at most (power of two, half filled at most)
     EXCL_MAX_IDS = 16 << 20         # successor ids held at most (64 MiB of ids, 64 of sums)
-    EXCL_MAX_EXT = 4096             # minimal extensions of one token handled by ranges
     EXCL_PATIENCE = 64              # busy-context walks on an unchanged graph before sorting
 
 def _set_excl_min(uint32_t n):
@@ -608,6 +570,8 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
     cdef ExclSlotC* slot
     cdef void* p
     cdef uint64_t* words
+    cdef NodeC* nd
+    cdef NodeC* prev = NULL
     if x.version != version:                     # the graph changed: drop everything
         if x.slots != NULL:
             memset(x.slots, 0, EXCL_SLOTS * sizeof(ExclSlotC))
@@ -638,6 +602,12 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
             return NULL
         x.ids = <uint32_t*>p
         x.cap_ids = x.used_ids + n + x.cap_ids
+    if (x.n_ctx + 1) * 256 > x.cap_first:
+        p = realloc(x.first, (x.cap_first * 2 if x.cap_first else 16 * 256) * sizeof(uint32_t))
+        if p == NULL:
+            return NULL
+        x.first = <uint32_t*>p
+        x.cap_first = x.cap_first * 2 if x.cap_first else 16 * 256
     if x.used_pre + n + 1 > x.cap_pre:
         p = realloc(x.pre, (x.used_pre + n + 1 + x.cap_pre) * sizeof(uint32_t))
         if p == NULL:
@@ -669,180 +639,525 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
     slot.n = n
     slot.off = x.used_ids
     slot.pre_off = x.used_pre
+    # Spelling's first step: per first byte on port 0, and the distinct first units (contiguous
+    # in sorted order).
+    slot.first_off = x.n_ctx * 256
+    memset(x.first + slot.first_off, 0, 256 * sizeof(uint32_t))
+    slot.d0 = 0
+    for i in range(n):
+        nd = &g.nodes[x.ids[x.used_ids + i]]
+        if nd.payload_len and nd.port == 0:
+            x.first[slot.first_off + nd.first] += x.pre[x.used_pre + i + 1] - x.pre[x.used_pre + i]
+        if i == 0 or nd.payload_len == 0 or prev.payload_len == 0 or nd.port != prev.port or \
+                nd.first != prev.first:
+            slot.d0 += 1
+        prev = nd
     x.used_ids += n
     x.used_pre += n + 1
     x.n_ctx += 1
     return slot
 
 
-cdef void _excl_range(GraphC* g, ExclSlotC* slot, uint8_t port, const uint8_t* c, uint32_t len_c,
-                      uint64_t* count, uint64_t* items) noexcept nogil:
-    """Add the counts and the number of the context's successors that start with c."""
-    cdef uint32_t* ids = g.excl.ids + slot.off
-    cdef uint32_t lo = 0, hi = slot.n, mid, first
-    while lo < hi:                                # first successor not before c's block
-        mid = (lo + hi) >> 1
-        if _cmp_prefix(g, ids[mid], port, c, len_c) < 0:
-            lo = mid + 1
+# --- spelled probabilities ------------------------------------------------------------------------
+# A token is predicted the way its bytes spell it: P(v) is the product, along v's trie path, of the
+# probability of each next unit (a first byte on a port, or a whole empty-payload token, at the
+# root; then the next byte or the end of the token), each interpolated over the contexts from
+# the least specific to the most specific, down to the trie's own aggregates (order 0, which
+# multiply out to the unigram (count + 1) / (total + nodes) of prob_of). A token never seen after
+# a context still gets that context's evidence for its first bytes ("the c" seen: "cap" shares
+# "ca"), where prob_of gave it only escapes: wiki held-out 2.503 -> 2.305 bits per byte with
+# hierarchy (47% of held-out tokens are new to every context and cost 63% of the bits).
+# Tokens greedy segmentation rules out after a (a+w is a node: every token starting with w) are
+# removed at the step where w's last byte would be spelled, and that step renormalised; so is a
+# unit every token below which is ruled out further down (_dead), whose mass would otherwise be
+# lost. predict walks the same steps best-first (spell_step), so its top k are exact.
+
+cdef struct SpellStep:
+    uint64_t n             # count of the context's successors with the step's prefix
+    uint64_t d             # distinct next units among them
+    uint64_t hit           # ... whose next unit is the token's
+    uint64_t ex_cnt        # ... whose next unit is ruled out (summed counts)
+    uint64_t ex_items      # distinct ruled-out units among them
+
+
+cdef inline uint32_t _unit0(GraphC* g, uint32_t u) noexcept nogil:
+    """A token's first unit: the trie state of its first byte, or the token itself if it has no
+    payload (STOP, port markers), tagged by the top bit."""
+    cdef NodeC* nd = &g.nodes[u]
+    if nd.payload_len == 0:
+        return 0x80000000u | u
+    return trie_child(g, g.port_root[nd.port], g.arena[nd.payload_off])
+
+
+cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t ex_port,
+                      SpellStep* st, uint64_t* bits, uint32_t* seen) noexcept nogil:
+    """One context's statistics at every step of v's spelling, in one pass over its successor
+    list: a successor sharing the first l bytes with v is in every step's range up to l, and at
+    step l it continues with its own next unit. `bits` is scratch of 5 words per step; `seen`
+    zeroed scratch of at least twice the context's successors rounded up to a power of two (the
+    first units on other ports), zeroed again on return."""
+    cdef NodeC* nv = &g.nodes[v]
+    cdef NodeC* nu
+    cdef uint32_t L = nv.payload_len, e = g.ctxs[ci].head, u, c, l, lim, x, h, unit, i
+    cdef uint32_t seen_mask = 15
+    cdef uint64_t exact = 0, above = 0, here
+    cdef const uint8_t* t = g.arena + nv.payload_off
+    cdef const uint8_t* q
+    cdef bint others = False, ruled_out, here_out = nv.port == ex_port
+    while seen_mask + 1 < 2 * g.ctxs[ci].distinct:
+        seen_mask = seen_mask * 2 + 1
+    memset(st, 0, (L + 1) * sizeof(SpellStep))
+    memset(bits, 0, (L + 1) * 5 * sizeof(uint64_t))
+    while e != NONE:
+        u = g.edges[e].dst
+        c = g.edges[e].count
+        e = g.edges[e].next
+        nu = &g.nodes[u]
+        if u == v:
+            exact += c
+            st[L].n += c
+            continue
+        if nu.payload_len == 0:           # STOP, a port marker: a unit of its own at the root
+            st[0].n += c
+            st[0].d += 1
+            continue
+        if nu.port != nv.port:            # a first byte on another port: one unit per state
+            st[0].n += c
+            unit = trie_child(g, g.port_root[nu.port], nu.first)
+            h = fmix64(unit) & seen_mask
+            while seen[h] != 0 and seen[h] != unit + 1:
+                h = (h + 1) & seen_mask
+            ruled_out = nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1
+            if seen[h] == 0:
+                seen[h] = unit + 1
+                st[0].d += 1
+                others = True
+                if ruled_out:
+                    st[0].ex_items += 1
+            if ruled_out:
+                st[0].ex_cnt += c
+            continue
+        # shared prefix length l; the successor continues with x at step l
+        if L == 0 or nu.first != t[0]:
+            l = 0                         # most successors: told apart by their first byte
+            x = nu.first
         else:
-            hi = mid
-    first = lo
-    hi = slot.n
-    while lo < hi:                                # first successor after it
+            q = g.arena + nu.payload_off
+            lim = nu.payload_len if nu.payload_len < L else L
+            l = 1
+            while l < lim and q[l] == t[l]:
+                l += 1
+            x = 256 if nu.payload_len == l else q[l]
+        st[l].n += c                      # summed over the steps below afterwards
+        ruled_out = x < 256 and (l > 0 or here_out) and (ex[l * 4 + (x >> 6)] >> (x & 63)) & 1
+        if not (bits[l * 5 + (x >> 6)] >> (x & 63)) & 1:
+            bits[l * 5 + (x >> 6)] |= (<uint64_t>1) << (x & 63)
+            st[l].d += 1
+            if ruled_out:
+                st[l].ex_items += 1
+        if ruled_out:
+            st[l].ex_cnt += c
+    # Step i's range holds every successor sharing at least i bytes; those sharing more than i
+    # (or v itself, at the last step) continue with v's own unit.
+    st[L].hit = exact
+    if exact:
+        st[L].d += 1
+    i = L
+    while True:                           # above: successors sharing more than i bytes
+        here = st[i].n
+        st[i].n = here + above
+        if i < L:
+            st[i].hit = above
+            if above:
+                st[i].d += 1
+        above += here
+        if i == 0:
+            break
+        i -= 1
+    if others:
+        memset(seen, 0, (seen_mask + 1) * sizeof(uint32_t))
+
+
+cdef inline uint32_t _block_end(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t hi, uint8_t port,
+                                const uint8_t* c, uint32_t len_c) noexcept nogil:
+    """First index in [lo, hi) of the sorted ids after the block of tokens starting with c."""
+    cdef uint32_t mid
+    while lo < hi:
         mid = (lo + hi) >> 1
         if _cmp_prefix(g, ids[mid], port, c, len_c) <= 0:
             lo = mid + 1
         else:
             hi = mid
-    count[0] += g.excl.pre[slot.pre_off + lo] - g.excl.pre[slot.pre_off + first]
-    items[0] += lo - first
+    return lo
 
 
-cdef uint32_t _min_extensions(GraphC* g, uint32_t top, uint8_t port, uint32_t* ends, uint32_t cap,
-                              double* weight) noexcept nogil:
-    """The trie states below `top` (a's state) that end a's minimal extensions (a+c is a node, no
-    shorter one is), in trie order: the first `cap` go to ends. With `weight`, each one's subtree
-    weight (count + 1 of every token starting with c) is added to it and all are counted;
-    without, the walk stops at cap + 1."""
-    cdef uint32_t n = 0, s = g.trie[top].first_child
-    while s != NONE:
-        if g.trie[s].node != NONE:
-            if n < cap:
-                ends[n] = s
-            elif weight == NULL:
-                return cap + 1
-            n += 1
-            if weight != NULL:
-                weight[0] += _subtree_weight(g, top, s, port)
-        elif g.trie[s].first_child != NONE:
-            s = g.trie[s].first_child
-            continue
-        while s != top and g.trie[s].next_sibling == NONE:
-            s = g.trie[s].parent
-        if s == top:
-            break
-        s = g.trie[s].next_sibling
-    return n
-
-
-cdef double excluded_mass(GraphC* g, uint32_t a, uint32_t* cis, uint32_t n) noexcept nogil:
-    """Probability (under prob_of) of all tokens that is_excluded() after a. prob_of is linear in
-    each level's counts, so the excluded mass is the same mixture over the excluded tokens:
-    each level's discounted counts weighted by the escape product above it, plus order 0.
-    Every count is >= 1 > the discount, so a level's part is (sum of counts - items * discount)
-    / (total + strength), summed in integers: the walk and the ranges give identical doubles."""
-    cdef double beta[MAX_CONTEXT + 8]
-    cdef double weight, total = 0.0, zero = 0.0, part, dd, aa
-    cdef uint64_t kids[4]
-    cdef uint64_t cnt, items
-    cdef uint32_t k, e, d, s, top, j, depth, n_ext = 0
-    cdef uint32_t ends[EXCL_MAX_EXT]
-    cdef uint8_t path[65536]
-    cdef bint have_ext = False
-    cdef CtxC* x
-    cdef ExclSlotC* slot
-    cdef uint8_t port
-    cdef SmoothC* sm = score_smoothing(g)
-    if a == STOP:
-        return 0.0
-    top = g.nodes[a].state
-    if top == NONE or g.trie[top].first_child == NONE:
-        return 0.0
-    port = g.nodes[a].port
-    # Bytes that can extend a: a successor starting with any other byte is never excluded, which
-    # rejects most of them without a trie probe.
-    kids[0] = kids[1] = kids[2] = kids[3] = 0
-    s = g.trie[top].first_child
-    while s != NONE:
-        kids[g.trie[s].byte >> 6] |= (<uint64_t>1) << (g.trie[s].byte & 63)
-        s = g.trie[s].next_sibling
-    for k in range(n):
-        beta[k] = 1.0
-        if cis[k] != NONE and g.ctxs[cis[k]].total:
-            x = &g.ctxs[cis[k]]
-            if x.distinct == 1:
-                beta[k] = (sm.det_strength + sm.det_discount) / (<double>x.total + sm.det_strength)
+cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint64_t* ex,
+                        uint8_t ex_port, SpellStep* st) noexcept nogil:
+    """The same statistics from a busy context's successors sorted by (port, payload): ranges of
+    prefix sums, and the distinct next units by jumping from block to block."""
+    cdef uint32_t* ids = g.excl.ids + slot.off
+    cdef uint32_t* pre = g.excl.pre + slot.pre_off
+    cdef NodeC* nv = &g.nodes[v]
+    cdef NodeC* nu
+    cdef uint32_t lo = 0, hi = slot.n, pos, end, x, tx
+    cdef const uint8_t* t = g.arena + nv.payload_off
+    cdef uint8_t port = nv.port
+    cdef uint32_t* first
+    cdef uint32_t b, ei
+    st.n = st.d = st.hit = st.ex_cnt = st.ex_items = 0
+    if i == 0 and port == 0 and (ex_port == 0 or not (ex[0] | ex[1] | ex[2] | ex[3])):
+        first = g.excl.first + slot.first_off
+        st.n = pre[slot.n] - pre[0]
+        st.d = slot.d0
+        if nv.payload_len:
+            st.hit = first[t[0]]
+        else:
+            ei = edge_find(g, slot.ctx1 - 1, v)
+            st.hit = g.edges[ei].count if ei != NONE else 0
+        for b in range(256):
+            if (ex[b >> 6] >> (b & 63)) & 1:
+                st.ex_cnt += first[b]
+                st.ex_items += first[b] != 0
+        return
+    if i > 0:
+        # the prefix's block: after everything before it, up to its end
+        while lo < hi:
+            pos = (lo + hi) >> 1
+            if _cmp_prefix(g, ids[pos], port, t, i) < 0:
+                lo = pos + 1
             else:
-                beta[k] = (sm.strength + sm.discount * x.distinct) / (<double>x.total + sm.strength)
-    # Levels from the most specific down, carrying the product of the escapes above. A level's
-    # excluded sum depends only on (context, a), and order 0's only on a: memoised, since a
-    # frequent context can have thousands of successors to walk.
-    weight = 1.0
-    k = n
-    while k > 0:
-        k -= 1
+                hi = pos
+        hi = _block_end(g, ids, lo, slot.n, port, t, i)
+    st.n = pre[hi] - pre[lo]
+    tx = 256 if nv.payload_len == i else t[i]
+    pos = lo
+    while pos < hi:
+        nu = &g.nodes[ids[pos]]
+        if i == 0 and nu.payload_len == 0:
+            end = pos + 1                 # an empty-payload token is a unit of its own
+            x = 257
+            if ids[pos] == v:
+                st.hit += pre[end] - pre[pos]
+        elif nu.payload_len == i:
+            end = pos + 1                 # the token that ends here (one at most)
+            x = 256
+            if tx == 256:
+                st.hit += pre[end] - pre[pos]
+        else:
+            end = _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off, i + 1)
+            x = g.arena[nu.payload_off + i]
+            if nu.port == port and x == tx:
+                st.hit += pre[end] - pre[pos]
+            elif (nu.port == ex_port if i == 0 else nu.port == port) and (ex[x >> 6] >> (x & 63)) & 1:
+                st.ex_cnt += pre[end] - pre[pos]
+                st.ex_items += 1
+        st.d += 1
+        pos = end
+
+
+cdef bint _dead(GraphC* g, uint32_t s, uint32_t t) noexcept nogil:
+    """Whether every token below trie state s is ruled out after a, where t is the state of a
+    followed by the same bytes (not a node: then s would be ruled out itself). Such a unit gets
+    no mass: the tokens below it are never scored, so mass given to it would be lost. Single
+    bytes are nodes, so this never happens at the root."""
+    cdef uint32_t ch, tc
+    if s == NONE or g.trie[s].node != NONE:
+        return False                      # no such prefix on v's side, or its own token is fine
+    ch = g.trie[s].first_child
+    while ch != NONE:
+        tc = trie_child(g, t, g.trie[ch].byte)
+        if tc == NONE or (g.trie[tc].node == NONE and not _dead(g, ch, tc)):
+            return False
+        ch = g.trie[ch].next_sibling
+    return True
+
+
+cdef enum:
+    SPELL_STACK = 65              # steps (payload bytes + 1) handled without a heap allocation
+
+
+cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint32_t v,
+                         SmoothC* sm) noexcept nogil:
+    """P(next token = v) spelled along its trie path (see above); 0 if greedy segmentation rules
+    v out after a. Sums to 1 over all nodes."""
+    cdef NodeC* nv = &g.nodes[v]
+    cdef uint32_t L = nv.payload_len, i, k, ts, ta, ch, root, n_steps = L + 1
+    cdef uint8_t ex_port
+    cdef double agg, dd, aa, w, prob = 1.0
+    cdef SpellStep* st
+    cdef ExclSlotC* slot
+    cdef uint64_t ex_small[SPELL_STACK * 4]
+    cdef uint64_t bits_small[SPELL_STACK * 5]
+    cdef double pt_small[SPELL_STACK]
+    cdef double px_small[SPELL_STACK]
+    cdef SpellStep st_small[SPELL_STACK]
+    cdef uint64_t* ex = ex_small
+    cdef uint64_t* bits = bits_small
+    cdef double* p_t = pt_small
+    cdef double* p_x = px_small
+    cdef uint32_t seen_small[1024]
+    cdef uint32_t* seen = seen_small
+    cdef uint32_t size = 16, most = 0
+    cdef void* heap = NULL
+    if is_excluded(g, a, v):
+        return 0.0
+    st = st_small
+    for k in range(m):
+        if cis[k] != NONE and g.ctxs[cis[k]].distinct > most:
+            most = g.ctxs[cis[k]].distinct
+    while size < 2 * most:
+        size *= 2
+    if size > 1024 or n_steps > SPELL_STACK:
+        # one block for everything a long payload or a very busy context needs
+        heap = malloc(size * sizeof(uint32_t) + n_steps * (9 * sizeof(uint64_t) +
+                      2 * sizeof(double) + sizeof(SpellStep)))
+        if heap == NULL:
+            return prob_of(g, cis, m, v, sm)   # out of scratch: the unspelled estimate
+        seen = <uint32_t*>heap
+        ex = <uint64_t*>(seen + size)
+        bits = ex + 4 * n_steps
+        p_t = <double*>(bits + 5 * n_steps)
+        p_x = p_t + n_steps
+        st = <SpellStep*>(p_x + n_steps)
+    memset(seen, 0, size * sizeof(uint32_t))
+    # Per step: the units ruled out (bytes x with a + prefix + x a node) and order 0, the trie's
+    # aggregates (the whole vocabulary at the root). At the root the ruled-out units are first
+    # bytes on a's port, whatever v's port; further down only if v continues on a's port.
+    ta = g.nodes[a].state if a != STOP and g.nodes[a].payload_len > 0 else NONE
+    ex_port = g.nodes[a].port
+    ts = g.port_root[nv.port] if L else NONE
+    for i in range(n_steps):
+        ex[4 * i] = ex[4 * i + 1] = ex[4 * i + 2] = ex[4 * i + 3] = 0
+        root = g.port_root[ex_port] if i == 0 else ts
+        if ta != NONE:
+            ch = g.trie[ta].first_child
+            while ch != NONE:
+                if g.trie[ch].node != NONE or (i > 0 and _dead(g, trie_child(g, root, g.trie[ch].byte), ch)):
+                    ex[4 * i + (g.trie[ch].byte >> 6)] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
+                ch = g.trie[ch].next_sibling
+        agg = <double>g.total_count + g.n_nodes if i == 0 else <double>g.trie[ts].agg
+        if i == L:
+            p_t[i] = (nv.count + 1.0) / agg
+        else:
+            ts = trie_child(g, ts, g.arena[nv.payload_off + i])
+            p_t[i] = g.trie[ts].agg / agg
+        p_x[i] = 0.0
+        if ta != NONE and (ex[4 * i] | ex[4 * i + 1] | ex[4 * i + 2] | ex[4 * i + 3]):
+            ch = g.trie[root].first_child
+            while ch != NONE:
+                if (ex[4 * i + (g.trie[ch].byte >> 6)] >> (g.trie[ch].byte & 63)) & 1:
+                    p_x[i] += g.trie[ch].agg / agg
+                ch = g.trie[ch].next_sibling
+        if ta != NONE:
+            ta = trie_child(g, ta, g.arena[nv.payload_off + i]) \
+                if i < L and ex_port == nv.port else NONE
+    # Each context, least specific first, mixes its counts into every step.
+    for k in range(m):
         if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
             continue
-        x = &g.ctxs[cis[k]]
-        if x.distinct < 16 or not _memo_get(g, (<uint64_t>cis[k] << 32) | a, &part):
-            cnt = items = 0
-            slot = NULL
-            if x.distinct >= EXCL_MIN:
-                if not have_ext:
-                    n_ext = _min_extensions(g, top, port, ends, EXCL_MAX_EXT, NULL)
-                    have_ext = True
-                if n_ext <= EXCL_MAX_EXT:
-                    slot = _excl_get(g, cis[k])
-            if slot != NULL:
-                for j in range(n_ext):
-                    depth = 0
-                    s = ends[j]
-                    while s != top:                  # the extension's bytes, last first
-                        path[depth] = <uint8_t>g.trie[s].byte
-                        depth += 1
-                        s = g.trie[s].parent
-                    _reverse(path, depth)
-                    _excl_range(g, slot, port, path, depth, &cnt, &items)
-            else:
-                e = x.head
-                while e != NONE:
-                    d = g.edges[e].dst
-                    if (kids[g.nodes[d].first >> 6] >> (g.nodes[d].first & 63)) & 1 and \
-                            is_excluded(g, a, d):
-                        cnt += g.edges[e].count
-                        items += 1
-                    e = g.edges[e].next
-            if x.distinct == 1:
+        slot = _excl_get(g, cis[k]) if g.ctxs[cis[k]].distinct >= EXCL_MIN else NULL
+        if slot != NULL:
+            for i in range(n_steps):
+                _spell_sorted(g, slot, v, i, ex + 4 * i, ex_port, &st[i])
+        else:
+            _spell_walk(g, cis[k], v, ex, ex_port, st, bits, seen)
+        for i in range(n_steps):
+            if st[i].n == 0:
+                continue
+            if st[i].d == 1:
                 dd = sm.det_discount
                 aa = sm.det_strength
             else:
                 dd = sm.discount
                 aa = sm.strength
-            part = (<double>cnt - dd * <double>items) / (<double>x.total + aa)
-            if x.distinct >= 16:
-                _memo_put(g, (<uint64_t>cis[k] << 32) | a, part)
-        total += weight * part
-        weight *= beta[k]
-    # Order 0: every token that starts with a minimal extension c of a (a+c is a node, no shorter
-    # one is) is excluded; the trie aggregates give their (count + 1) sums directly.
-    if not _memo_get(g, (<uint64_t>NONE << 32) | a, &zero):
-        zero = 0.0
-        _min_extensions(g, top, port, ends, 0, &zero)
-        _memo_put(g, (<uint64_t>NONE << 32) | a, zero)
-    total += weight * zero / (<double>g.total_count + g.n_nodes)
-    return total
+            w = aa + dd * <double>st[i].d
+            p_t[i] = ((<double>st[i].hit - dd if st[i].hit else 0.0) + w * p_t[i]) / \
+                (<double>st[i].n + aa)
+            p_x[i] = (<double>st[i].ex_cnt - dd * <double>st[i].ex_items + w * p_x[i]) / \
+                (<double>st[i].n + aa)
+    for i in range(n_steps):
+        prob *= p_t[i] / (1.0 - p_x[i])
+    if heap != NULL:
+        free(heap)
+    return prob
 
 
-cdef inline void _reverse(uint8_t* b, uint32_t n) noexcept nogil:
-    cdef uint32_t i = 0, j = n
-    cdef uint8_t t
-    while i + 1 < j:
-        j -= 1
-        t = b[i]
-        b[i] = b[j]
-        b[j] = t
-        i += 1
+cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,
+                    const uint8_t* pfx, uint32_t len_p, double* out) noexcept nogil:
+    """The next-unit distribution of prob_spelled's step after the bytes pfx on port, as it
+    would be for any token continuing them: out[x] for each next byte x, out[256] for ending
+    here (STOP at the root), 0 for units that are ruled out or have no token. Other ports' units
+    and port markers at the root keep their mass but are not listed. -1 if pfx is not a prefix
+    of any token or is itself ruled out after a; -1 with g.pool.err on allocation failure."""
+    cdef uint32_t ts, ta, ch, k, e, u, c, x, d, h, unit, i, seen_mask
+    cdef uint64_t cnt[257]
+    cdef uint64_t ex[4]
+    cdef uint64_t n
+    cdef double p[257]
+    cdef double agg, dd, aa, w, p_x
+    cdef NodeC* nu
+    cdef ExclSlotC* slot
+    cdef uint32_t* ids
+    cdef uint32_t* pre
+    cdef uint32_t* seen = NULL
+    cdef uint32_t lo, hi, pos, end, b
+    cdef uint64_t ex_cnt, ex_items
+    cdef uint8_t ex_port = g.nodes[a].port
+    cdef SmoothC* sm = score_smoothing(g)
+    # where the prefix and a + prefix are in the trie
+    ts = g.port_root[port]
+    if ts == NONE:
+        return -1
+    ta = g.nodes[a].state if a != STOP and g.nodes[a].payload_len > 0 else NONE
+    for i in range(len_p):
+        ts = trie_child(g, ts, pfx[i])
+        if ts == NONE:
+            return -1
+        if ta != NONE:
+            ta = trie_child(g, ta, pfx[i]) if ex_port == port else NONE
+            if ta != NONE and g.trie[ta].node != NONE:
+                return -1
+    ex[0] = ex[1] = ex[2] = ex[3] = 0
+    if ta != NONE:
+        ch = g.trie[ta].first_child
+        while ch != NONE:
+            if g.trie[ch].node != NONE or \
+                    (len_p > 0 and _dead(g, trie_child(g, ts, g.trie[ch].byte), ch)):
+                ex[g.trie[ch].byte >> 6] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
+            ch = g.trie[ch].next_sibling
+    # order 0
+    memset(p, 0, sizeof(p))
+    agg = <double>g.total_count + g.n_nodes if len_p == 0 else <double>g.trie[ts].agg
+    ch = g.trie[ts].first_child
+    while ch != NONE:
+        p[g.trie[ch].byte] = g.trie[ch].agg / agg
+        ch = g.trie[ch].next_sibling
+    if len_p == 0:
+        p[256] = (g.nodes[STOP].count + 1.0) / agg
+    elif g.trie[ts].node != NONE:
+        p[256] = (g.nodes[g.trie[ts].node].count + 1.0) / agg
+    # ruled-out mass at order 0 (on a's port's root at the first step)
+    p_x = 0.0
+    if ta != NONE:
+        ch = g.trie[g.port_root[ex_port] if len_p == 0 else ts].first_child
+        while ch != NONE:
+            if (ex[g.trie[ch].byte >> 6] >> (g.trie[ch].byte & 63)) & 1:
+                p_x += g.trie[ch].agg / agg
+            ch = g.trie[ch].next_sibling
+    for k in range(m):
+        if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
+            continue
+        memset(cnt, 0, sizeof(cnt))
+        n = 0
+        d = 0
+        ex_cnt = 0
+        ex_items = 0
+        slot = _excl_get(g, cis[k]) if g.ctxs[cis[k]].distinct >= EXCL_MIN else NULL
+        if slot != NULL:
+            ids = g.excl.ids + slot.off
+            pre = g.excl.pre + slot.pre_off
+            lo = 0
+            hi = slot.n
+            if len_p > 0:
+                while lo < hi:
+                    pos = (lo + hi) >> 1
+                    if _cmp_prefix(g, ids[pos], port, pfx, len_p) < 0:
+                        lo = pos + 1
+                    else:
+                        hi = pos
+                hi = _block_end(g, ids, lo, slot.n, port, pfx, len_p)
+            n = pre[hi] - pre[lo]
+            pos = lo
+            while pos < hi:
+                nu = &g.nodes[ids[pos]]
+                if nu.payload_len == len_p:
+                    end = pos + 1         # an empty token at the root, or the prefix's own token
+                    if nu.port == port and (len_p > 0 or ids[pos] == STOP):
+                        cnt[256] += pre[end] - pre[pos]
+                else:
+                    end = _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off,
+                                     len_p + 1)
+                    x = g.arena[nu.payload_off + len_p]
+                    if nu.port == port:
+                        cnt[x] += pre[end] - pre[pos]
+                    if nu.port == ex_port and (ex[x >> 6] >> (x & 63)) & 1:
+                        ex_cnt += pre[end] - pre[pos]
+                        ex_items += 1
+                d += 1
+                pos = end
+        else:
+            seen_mask = 15
+            while seen_mask + 1 < 2 * g.ctxs[cis[k]].distinct:
+                seen_mask = seen_mask * 2 + 1
+            if len_p == 0:
+                seen = <uint32_t*>calloc(seen_mask + 1, sizeof(uint32_t))
+                if seen == NULL:
+                    g.pool.err = ERR_NOMEM
+                    return -1
+            e = g.ctxs[cis[k]].head
+            while e != NONE:
+                u = g.edges[e].dst
+                c = g.edges[e].count
+                e = g.edges[e].next
+                nu = &g.nodes[u]
+                if len_p == 0:
+                    n += c
+                    if nu.payload_len == 0:
+                        d += 1
+                        if u == STOP:
+                            cnt[256] += c
+                        continue
+                    unit = trie_child(g, g.port_root[nu.port], nu.first)
+                    h = fmix64(unit) & seen_mask
+                    while seen[h] != 0 and seen[h] != unit + 1:
+                        h = (h + 1) & seen_mask
+                    if seen[h] == 0:
+                        seen[h] = unit + 1
+                        d += 1
+                        if nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1:
+                            ex_items += 1
+                    if nu.port == port:
+                        cnt[nu.first] += c
+                    if nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1:
+                        ex_cnt += c
+                    continue
+                if nu.port != port or nu.payload_len < len_p or \
+                        memcmp(g.arena + nu.payload_off, pfx, len_p) != 0:
+                    continue
+                n += c
+                x = 256 if nu.payload_len == len_p else g.arena[nu.payload_off + len_p]
+                if cnt[x] == 0:
+                    d += 1
+                    if x < 256 and (ex[x >> 6] >> (x & 63)) & 1:
+                        ex_items += 1
+                cnt[x] += c
+                if x < 256 and (ex[x >> 6] >> (x & 63)) & 1:
+                    ex_cnt += c
+            if seen != NULL:
+                free(seen)
+                seen = NULL
+        if n == 0:
+            continue
+        if d == 1:
+            dd = sm.det_discount
+            aa = sm.det_strength
+        else:
+            dd = sm.discount
+            aa = sm.strength
+        w = aa + dd * <double>d
+        for x in range(257):
+            p[x] = ((<double>cnt[x] - dd if cnt[x] else 0.0) + w * p[x]) / (<double>n + aa)
+        p_x = (<double>ex_cnt - dd * <double>ex_items + w * p_x) / (<double>n + aa)
+    for x in range(257):
+        out[x] = 0.0 if x < 256 and (ex[x >> 6] >> (x & 63)) & 1 and \
+            (len_p > 0 or ex_port == port) else p[x] / (1.0 - p_x)
+    return 0
 
 
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil:
     """P(next token = v) given the trace, with the tokens greedy segmentation rules out removed
     and the rest renormalised."""
-    cdef uint32_t a = tr.ids[0]
-    cdef double z
-    if is_excluded(g, a, v):
-        return 0.0
-    z = excluded_mass(g, a, cis, m)
-    return prob_of(g, cis, m, v, score_smoothing(g)) / (1.0 - z)
+    return prob_spelled(g, tr.ids[0], cis, m, v, score_smoothing(g))
 
 
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:

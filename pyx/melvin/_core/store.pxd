@@ -7,22 +7,17 @@ from melvin._core.defs cimport *
 from melvin._core.mem cimport PoolC
 
 
-# A memo of exclusion sums for scoring (query scratch owned by the Core, not graph memory):
-# direct-mapped, valid while `version` matches the graph's.
-cdef struct MemoC:
-    uint64_t tag
-    uint64_t version
-    double value
-
-
 # Successors of the busiest contexts sorted by (port, payload), with prefix sums of their counts,
-# so the mass of the tokens that start with a given byte string is two binary searches (scoring's
-# exclusion sums). Query scratch owned by the Core, rebuilt lazily after the graph changes.
+# so the mass of the tokens that start with a given byte string is two binary searches (the
+# spelling statistics of scoring and predict). Query scratch owned by the Core, rebuilt lazily
+# after the graph changes.
 cdef struct ExclSlotC:
     uint32_t ctx1                  # context id + 1 (0: empty slot)
     uint32_t n                     # successors
     uint64_t off                   # their ids at ids[off:off+n], prefix sums at pre[off+i:off+i+n+1]
     uint64_t pre_off
+    uint32_t d0                    # distinct first units (a first byte on a port, or an empty token)
+    uint32_t first_off             # summed counts per first byte on port 0 at first[first_off:+256]
 
 
 cdef struct ExclC:
@@ -32,13 +27,12 @@ cdef struct ExclC:
     uint32_t walks                 # busy-context walks since the graph last changed
     uint32_t* ids
     uint32_t* pre
-    uint64_t used_ids, used_pre, cap_ids, cap_pre
+    uint32_t* first                # 256 per held context, in the order they were built
+    uint64_t used_ids, used_pre, cap_ids, cap_pre, cap_first
 
 
 cdef struct GraphC:
     PoolC pool
-    MemoC* memo                    # NULL until a query needs it; not counted in memory_bytes
-    uint64_t memo_mask
     ExclC excl                     # empty until a query meets a busy context; not in memory_bytes
     NodeC* nodes
     CtxC* ctxs

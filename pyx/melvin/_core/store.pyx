@@ -16,6 +16,7 @@ cdef void store_free(GraphC* g) noexcept nogil:
     free(g.excl.slots)                   # query scratch (libc, not the pool): see ExclC
     free(g.excl.ids)
     free(g.excl.pre)
+    free(g.excl.first)
     memset(&g.excl, 0, sizeof(ExclC))
     pool_free(&g.pool, g.nodes, g.cap_nodes, sizeof(NodeC))
     pool_free(&g.pool, g.ctxs, g.cap_ctxs, sizeof(CtxC))
