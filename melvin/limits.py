@@ -82,19 +82,18 @@ class Limits:
         them. Default (None): (2, 4, 24) with hierarchy, (2, 3, 4, 5, 6, 8, 12, 24) without.
         With hierarchy, (2, 4, 24): 2 and 4 bytes predict, 24 bytes remember -- a sentence seen once is
         recalled from its own 24-byte contexts (next-word recall on wiki 0.15 -> 0.935 against
-        (3, 6); bits per byte 2.526 -> 2.504) at about 30% of training speed and 35% more memory.
+        (3, 6); bits per byte 2.335 -> 2.305) at about 30% of training speed and 30% more memory.
         (3, 6) is the faster, forgetful choice. (1, 2, 4, 24) predicts better (held-out bits per
-        byte 2.504 -> 2.466 on wiki, 2.261 -> 2.220 after 16 MB of big.txt; 8% more edges, ~4%
-        slower; generation leaves the 1-byte context out, so recall stays above 0.9), but under very
+        byte 2.305 -> 2.285 on wiki; 9% more edges, ~4% slower; generation leaves the 1-byte
+        context out, so recall stays above 0.9), but under very
         small budgets (128-160 KiB) it prunes sooner and forgets a phrase seen three times, which
         (2, 4, 24) keeps: not the default.
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
     hierarchy: False keeps every token a single byte ("bytewise"): the best compression while
-        the graph fits its budget (wiki held-out 2.093 bits/byte against 2.503 with hierarchy,
-        next-word recall 0.955, a PPM-like byte model) at a fifth of the training speed (0.7 MB/s
-        against 4), ~5x the edges per byte learned (so a budget prunes it early: 88 MB under a
-        1G process budget, 2.113 against 2.056 with hierarchy), and weaker cross-modal recall
-        from the binary side (0.44).
+        the graph fits its budget (wiki held-out 2.093 bits/byte against 2.305 with hierarchy,
+        next-word recall 0.955, a PPM-like byte model) at a fifth of the training speed (~1 MB/s
+        against ~5), ~5x the edges per byte learned (so a budget prunes it early), and weaker
+        cross-modal recall from the binary side (0.44).
     embedding_dims, max_transformers, transformer_min_uses, max_heads: caps of the embedding and
         edge-attention mechanisms; accepted and validated, but those mechanisms are not built yet.
     """

@@ -555,6 +555,8 @@ cdef inline int _cmp_prefix(GraphC* g, uint32_t v, uint8_t port, const uint8_t* 
     cdef int r
     if x.port != port:
         return -1 if x.port < port else 1
+    if m and x.first != c[0]:             # most comparisons end at the first byte: no arena read
+        return -1 if x.first < c[0] else 1
     r = memcmp(g.arena + x.payload_off, c, m)
     if r != 0:
         return r
@@ -792,25 +794,37 @@ cdef inline uint32_t _block_end(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t 
 
 
 cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint64_t* ex,
-                        uint8_t ex_port, SpellStep* st) noexcept nogil:
+                        uint8_t ex_port, SpellStep* st, uint32_t* lo_io,
+                        uint32_t* hi_io) noexcept nogil:
     """The same statistics from a busy context's successors sorted by (port, payload): ranges of
-    prefix sums, and the distinct next units by jumping from block to block."""
+    prefix sums, and the distinct next units by jumping from block to block. [lo_io, hi_io) is
+    the block of v's first i bytes on entry, of its first i + 1 bytes on return."""
     cdef uint32_t* ids = g.excl.ids + slot.off
     cdef uint32_t* pre = g.excl.pre + slot.pre_off
     cdef NodeC* nv = &g.nodes[v]
     cdef NodeC* nu
-    cdef uint32_t lo = 0, hi = slot.n, pos, end, x, tx
+    cdef uint32_t lo = lo_io[0], hi = hi_io[0], pos, end, x, tx
     cdef const uint8_t* t = g.arena + nv.payload_off
     cdef uint8_t port = nv.port
     cdef uint32_t* first
     cdef uint32_t b, ei
     st.n = st.d = st.hit = st.ex_cnt = st.ex_items = 0
+    lo_io[0] = hi_io[0] = 0
     if i == 0 and port == 0 and (ex_port == 0 or not (ex[0] | ex[1] | ex[2] | ex[3])):
+        # the first step from the per-first-byte table, and the first byte's block
         first = g.excl.first + slot.first_off
         st.n = pre[slot.n] - pre[0]
         st.d = slot.d0
         if nv.payload_len:
             st.hit = first[t[0]]
+            while lo < hi:
+                pos = (lo + hi) >> 1
+                if _cmp_prefix(g, ids[pos], port, t, 1) < 0:
+                    lo = pos + 1
+                else:
+                    hi = pos
+            lo_io[0] = lo
+            hi_io[0] = _block_end(g, ids, lo, slot.n, port, t, 1)
         else:
             ei = edge_find(g, slot.ctx1 - 1, v)
             st.hit = g.edges[ei].count if ei != NONE else 0
@@ -819,15 +833,6 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
                 st.ex_cnt += first[b]
                 st.ex_items += first[b] != 0
         return
-    if i > 0:
-        # the prefix's block: after everything before it, up to its end
-        while lo < hi:
-            pos = (lo + hi) >> 1
-            if _cmp_prefix(g, ids[pos], port, t, i) < 0:
-                lo = pos + 1
-            else:
-                hi = pos
-        hi = _block_end(g, ids, lo, slot.n, port, t, i)
     st.n = pre[hi] - pre[lo]
     tx = 256 if nv.payload_len == i else t[i]
     pos = lo
@@ -835,12 +840,10 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
         nu = &g.nodes[ids[pos]]
         if i == 0 and nu.payload_len == 0:
             end = pos + 1                 # an empty-payload token is a unit of its own
-            x = 257
             if ids[pos] == v:
                 st.hit += pre[end] - pre[pos]
         elif nu.payload_len == i:
             end = pos + 1                 # the token that ends here (one at most)
-            x = 256
             if tx == 256:
                 st.hit += pre[end] - pre[pos]
         else:
@@ -848,6 +851,8 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
             x = g.arena[nu.payload_off + i]
             if nu.port == port and x == tx:
                 st.hit += pre[end] - pre[pos]
+                lo_io[0] = pos
+                hi_io[0] = end
             elif (nu.port == ex_port if i == 0 else nu.port == port) and (ex[x >> 6] >> (x & 63)) & 1:
                 st.ex_cnt += pre[end] - pre[pos]
                 st.ex_items += 1
@@ -885,7 +890,8 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
     cdef uint8_t ex_port
     cdef double agg, dd, aa, w, prob = 1.0
     cdef SpellStep* st
-    cdef ExclSlotC* slot
+    cdef ExclSlotC* slots[MAX_CONTEXT + 8]
+    cdef uint32_t lo, hi
     cdef uint64_t ex_small[SPELL_STACK * 4]
     cdef uint64_t bits_small[SPELL_STACK * 5]
     cdef double pt_small[SPELL_STACK]
@@ -903,8 +909,13 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
         return 0.0
     st = st_small
     for k in range(m):
-        if cis[k] != NONE and g.ctxs[cis[k]].distinct > most:
-            most = g.ctxs[cis[k]].distinct
+        slots[k] = NULL
+        if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
+            continue
+        if g.ctxs[cis[k]].distinct >= EXCL_MIN:
+            slots[k] = _excl_get(g, cis[k])
+        if slots[k] == NULL and g.ctxs[cis[k]].distinct > most:
+            most = g.ctxs[cis[k]].distinct        # walked: the scratch must hold its units
     while size < 2 * most:
         size *= 2
     if size > 1024 or n_steps > SPELL_STACK:
@@ -955,10 +966,14 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
     for k in range(m):
         if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
             continue
-        slot = _excl_get(g, cis[k]) if g.ctxs[cis[k]].distinct >= EXCL_MIN else NULL
-        if slot != NULL:
+        if slots[k] != NULL:
+            lo = 0
+            hi = slots[k].n
             for i in range(n_steps):
-                _spell_sorted(g, slot, v, i, ex + 4 * i, ex_port, &st[i])
+                if lo < hi:
+                    _spell_sorted(g, slots[k], v, i, ex + 4 * i, ex_port, &st[i], &lo, &hi)
+                else:
+                    st[i].n = 0           # no successor shares v's first i bytes
         else:
             _spell_walk(g, cis[k], v, ex, ex_port, st, bits, seen)
         for i in range(n_steps):
