@@ -19,7 +19,8 @@ Sources
 Splits (what one episode, i.e. one ``Graph.feed`` call, is)
     lines       each line without its ``\\n`` (a ``\\r`` before it is kept, as tools/bench.py does);
                 an empty line is an empty episode (blank lines are text too: held-out scoring, one
-                episode per line, counts them; 88 MB under 1G: 2.0548 -> 2.0266 bits/byte).
+                episode per line, counts them; 88 MB under 1G: 2.0548 -> 2.0266 bits/byte, measured
+                with the whole-token scoring of the time).
     paragraphs  maximal runs of non-blank lines, joined with their inner newlines, without the final
                 one; a blank line is one holding only spaces, tabs or ``\\r``.
     documents   a whole file, or one Wikipedia article; empty documents are skipped.
