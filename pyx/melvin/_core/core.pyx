@@ -19,7 +19,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 is_excluded, prob_next, spell_step, score_smoothing,
+                                 prob_next, spell_step,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -295,17 +295,17 @@ cdef class Core:
         for i in range(first, j):
             trace_push(tr, <uint32_t>ids[i], MAX_CONTEXT)
 
-    cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port, bint exclude):
-        """Every token observed after any order of the current context, with its probability.
-        With `exclude`, tokens greedy segmentation rules out are dropped and the rest renormalised
-        (the distribution predict and score use); generation ranks by the plain mixture, because
-        the text it writes is not re-segmented between steps, and without the 1-byte context (the
-        first key, when byte_orders starts at 1): it sharpens the scoring distribution but blurs
-        recall of what followed a longer context (assoc recall 0.900 with it, 0.915 without)."""
+    cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port):
+        """Generation's candidates: every token observed after any order of the current context,
+        with its probability under the plain token mixture (prob_of with SMOOTH_RECALL), not the
+        spelled, exclusion-renormalised distribution predict and score use: the text generation
+        writes is not re-segmented between steps. Without the 1-byte context (the first key, when
+        byte_orders starts at 1): it sharpens prediction but blurs recall of what followed a
+        longer context (assoc recall 0.900 with it, 0.915 without)."""
         cdef dict out = {}
-        cdef uint32_t k, e, d, a = tr.ids[0] if exclude else STOP
+        cdef uint32_t k, e, d
         cdef uint32_t own[MAX_CONTEXT + 8]
-        if not exclude and m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:
+        if m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:
             memcpy(own, cis, m * sizeof(uint32_t))
             own[0] = NONE
             cis = own
@@ -316,10 +316,8 @@ cdef class Core:
             while e != NONE:
                 d = self.g.edges[e].dst
                 if d not in out and (d == STOP or (self.g.nodes[d].port == port and
-                                                   self.g.nodes[d].payload_len > 0)) and \
-                        not is_excluded(&self.g, a, d):
-                    out[d] = prob_next(&self.g, tr, cis, m, d) if exclude else \
-                        prob_of(&self.g, cis, m, d, &SMOOTH_RECALL)
+                                                   self.g.nodes[d].payload_len > 0)):
+                    out[d] = prob_of(&self.g, cis, m, d, &SMOOTH_RECALL)
                 e = self.g.edges[e].next
         return out
 
@@ -380,7 +378,7 @@ cdef class Core:
         if not cand:
             self._trace_at(&tr, ids, len(ids), False)
             m = trace_contexts(&self.g, &tr, cis)
-            cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port, False).items()
+            cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port).items()
                     if d != STOP}
             rest_len = 0
         else:
@@ -508,7 +506,7 @@ cdef class Core:
             rest = bytes(prompt[starts[j]:])
             self._trace_at(tr, ids, j, anchored)
             m = trace_contexts(&self.g, tr, cis)
-            cand = {d: pr for d, pr in self._candidates(tr, cis, m, port, False).items()
+            cand = {d: pr for d, pr in self._candidates(tr, cis, m, port).items()
                     if d != STOP and self._payload(d).startswith(rest)}
             if cand:
                 return cand, len(rest)
@@ -565,7 +563,7 @@ cdef class Core:
             if state in seen:
                 break
             seen.add(state)
-            cand = self._candidates(&tr, cis, m, <uint8_t>port, False)
+            cand = self._candidates(&tr, cis, m, <uint8_t>port)
             if not cand:
                 break
             choice, bp = self._best_supported(cand)
