@@ -245,3 +245,25 @@ def test_spelling_shares_evidence_between_tokens_with_a_common_prefix():
     assert g.score_bits(b"the cap sat") < g.score_bits(b"the dog sat") - 5
     dist = g._core.distribution(b"the ")
     assert abs(float(dist.sum()) - 1.0) < 1e-9
+
+
+def test_spelled_distribution_is_proper_across_ports():
+    """With port markers and two ports' tries, every next-token distribution still sums to 1,
+    and predict's top tokens are its largest entries on the prompt's port."""
+    rng = random.Random(5)
+    g = melvin.Graph()
+    pairs = [(b"word%d" % i, bytes(rng.randrange(256) for _ in range(16))) for i in range(20)]
+    for _ in range(3):
+        for text, blob in pairs:
+            g.associate({melvin.PORT_TEXT: text, melvin.PORT_AUDIO: blob})
+            g.feed(text + b" and more text")
+    for prompt, port in ((b"word3", melvin.PORT_TEXT), (b"", melvin.PORT_TEXT),
+                         (pairs[2][1][:5], melvin.PORT_AUDIO), (b"", melvin.PORT_AUDIO),
+                         (b"word1 and", melvin.PORT_TEXT)):
+        dist = g._core.distribution(prompt, port)
+        assert abs(float(dist.sum()) - 1.0) < 1e-9, (prompt, port)
+        assert (dist >= 0).all()
+        top = g.predict(prompt, k=3, port=port)
+        assert len(top) == 3
+        for tok, p in top:
+            assert p > 0 and any(abs(p - q) < 1e-12 for q in dist), (prompt, tok)
