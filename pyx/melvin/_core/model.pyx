@@ -793,6 +793,24 @@ cdef inline uint32_t _block_end(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t 
     return lo
 
 
+cdef inline uint32_t _unit_end(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t hi, uint32_t i,
+                               uint32_t x) noexcept nogil:
+    """In a range of sorted ids that all share their first i bytes (and port), the first index
+    after those whose byte i is x: one byte per comparison instead of a prefix compare."""
+    cdef uint32_t mid
+    cdef NodeC* nd
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        nd = &g.nodes[ids[mid]]
+        if nd.payload_len > i and g.arena[nd.payload_off + i] <= x:
+            lo = mid + 1
+        elif nd.payload_len <= i:
+            lo = mid + 1                  # the token ending at i sorts first
+        else:
+            hi = mid
+    return lo
+
+
 cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint64_t* ex,
                         uint8_t ex_port, SpellStep* st, uint32_t* lo_io,
                         uint32_t* hi_io) noexcept nogil:
@@ -847,8 +865,9 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
             if tx == 256:
                 st.hit += pre[end] - pre[pos]
         else:
-            end = _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off, i + 1)
             x = g.arena[nu.payload_off + i]
+            end = _unit_end(g, ids, pos + 1, hi, i, x) if i > 0 else \
+                _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off, 1)
             if nu.port == port and x == tx:
                 st.hit += pre[end] - pre[pos]
                 lo_io[0] = pos
@@ -1090,9 +1109,9 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
                     if nu.port == port and (len_p > 0 or ids[pos] == STOP):
                         cnt[256] += pre[end] - pre[pos]
                 else:
-                    end = _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off,
-                                     len_p + 1)
                     x = g.arena[nu.payload_off + len_p]
+                    end = _unit_end(g, ids, pos + 1, hi, len_p, x) if len_p > 0 else \
+                        _block_end(g, ids, pos + 1, hi, nu.port, g.arena + nu.payload_off, 1)
                     if nu.port == port:
                         cnt[x] += pre[end] - pre[pos]
                     if nu.port == ex_port and (ex[x >> 6] >> (x & 63)) & 1:
