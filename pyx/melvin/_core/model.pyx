@@ -1034,7 +1034,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     cdef uint32_t* ids
     cdef uint32_t* pre
     cdef uint32_t* seen = NULL
-    cdef uint32_t lo, hi, pos, end, b
+    cdef uint32_t lo, hi, pos, end
     cdef uint64_t ex_cnt, ex_items
     cdef uint8_t ex_port = g.nodes[a].port
     cdef SmoothC* sm = score_smoothing(g)
