@@ -2,7 +2,7 @@
 from libc.string cimport memcpy, memmove, memcmp, memset
 from libc.math cimport log2
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_LIMIT, ERR_NOMEM
-from libc.stdlib cimport malloc, realloc, free, calloc
+from libc.stdlib cimport malloc, realloc, free
 cdef extern from "stdlib.h" nogil:
     void qsort_r(void* base, size_t nmemb, size_t size,
                  int (*compar)(const void*, const void*, void*) noexcept nogil, void* arg)
@@ -459,6 +459,17 @@ def _get_smoothing(str which):
     return SMOOTH_SCORE if which == "score" else SMOOTH_BYTES if which == "bytes" else SMOOTH_RECALL
 
 
+cdef inline void _params(SmoothC* sm, uint64_t distinct, double* dd, double* aa) noexcept nogil:
+    """The discount and strength for a context (or spelling step) with this many distinct
+    successors: a deterministic one (a single successor) has its own."""
+    if distinct == 1:
+        dd[0] = sm.det_discount
+        aa[0] = sm.det_strength
+    else:
+        dd[0] = sm.discount
+        aa[0] = sm.strength
+
+
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil:
     """Interpolated back-off: order 0 with a +1 floor for every node, then each longer context
     mixes in its own counts. Sums to 1 over all nodes."""
@@ -475,12 +486,7 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* s
             continue
         ei = edge_find(g, ci, v)
         c = g.edges[ei].count if ei != NONE else 0
-        if x.distinct == 1:
-            a = sm.det_strength
-            dd = sm.det_discount
-        else:
-            a = sm.strength
-            dd = sm.discount
+        _params(sm, x.distinct, &dd, &a)
         cd = c - dd if c > dd else 0.0
         p = (cd + (a + dd * x.distinct) * p) / (<double>x.total + a)
     return p
@@ -691,6 +697,25 @@ cdef inline uint32_t _unit0(GraphC* g, uint32_t u) noexcept nogil:
     return trie_child(g, g.port_root[nd.port], g.arena[nd.payload_off])
 
 
+cdef inline uint32_t _seen_mask(uint32_t distinct) noexcept nogil:
+    """Mask of the unit set for a context of this many successors (at most half full)."""
+    cdef uint32_t mask = 15
+    while mask + 1 < 2 * distinct:
+        mask = mask * 2 + 1
+    return mask
+
+
+cdef inline bint _seen_add(uint32_t* seen, uint32_t mask, uint32_t unit) noexcept nogil:
+    """Add a first unit (a trie state) to the open-addressing set; True if it was new."""
+    cdef uint32_t h = fmix64(unit) & mask
+    while seen[h] != 0:
+        if seen[h] == unit + 1:
+            return False
+        h = (h + 1) & mask
+    seen[h] = unit + 1
+    return True
+
+
 cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t ex_port,
                       SpellStep* st, uint64_t* bits, uint32_t* seen) noexcept nogil:
     """One context's statistics at every step of v's spelling, in one pass over its successor
@@ -700,14 +725,12 @@ cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t 
     first units on other ports), zeroed again on return."""
     cdef NodeC* nv = &g.nodes[v]
     cdef NodeC* nu
-    cdef uint32_t L = nv.payload_len, e = g.ctxs[ci].head, u, c, l, lim, x, h, unit, i
-    cdef uint32_t seen_mask = 15
+    cdef uint32_t L = nv.payload_len, e = g.ctxs[ci].head, u, c, l, lim, x, i
+    cdef uint32_t seen_mask = _seen_mask(g.ctxs[ci].distinct)
     cdef uint64_t exact = 0, above = 0, here
     cdef const uint8_t* t = g.arena + nv.payload_off
     cdef const uint8_t* q
     cdef bint others = False, ruled_out, here_out = nv.port == ex_port
-    while seen_mask + 1 < 2 * g.ctxs[ci].distinct:
-        seen_mask = seen_mask * 2 + 1
     memset(st, 0, (L + 1) * sizeof(SpellStep))
     memset(bits, 0, (L + 1) * 5 * sizeof(uint64_t))
     while e != NONE:
@@ -725,13 +748,8 @@ cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t 
             continue
         if nu.port != nv.port:            # a first byte on another port: one unit per state
             st[0].n += c
-            unit = trie_child(g, g.port_root[nu.port], nu.first)
-            h = fmix64(unit) & seen_mask
-            while seen[h] != 0 and seen[h] != unit + 1:
-                h = (h + 1) & seen_mask
             ruled_out = nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1
-            if seen[h] == 0:
-                seen[h] = unit + 1
+            if _seen_add(seen, seen_mask, trie_child(g, g.port_root[nu.port], nu.first)):
                 st[0].d += 1
                 others = True
                 if ruled_out:
@@ -896,6 +914,54 @@ cdef bint _dead(GraphC* g, uint32_t s, uint32_t t) noexcept nogil:
     return True
 
 
+cdef inline void _ruled_out(GraphC* g, uint32_t ta, uint32_t root, bint deep,
+                           uint64_t* ex) noexcept nogil:
+    """ex[0:4] = the next bytes ruled out after a + prefix (ta: its trie state, NONE if none;
+    root: the prefix's own state): those making a node, and below the first step those whose
+    every token is ruled out further down."""
+    cdef uint32_t ch
+    ex[0] = ex[1] = ex[2] = ex[3] = 0
+    if ta == NONE:
+        return
+    ch = g.trie[ta].first_child
+    while ch != NONE:
+        if g.trie[ch].node != NONE or (deep and _dead(g, trie_child(g, root, g.trie[ch].byte), ch)):
+            ex[g.trie[ch].byte >> 6] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
+        ch = g.trie[ch].next_sibling
+
+
+cdef inline double _ruled_out_mass(GraphC* g, uint32_t root, uint64_t* ex, double agg) noexcept nogil:
+    """Order 0's probability of the ruled-out bytes below root."""
+    cdef double mass = 0.0
+    cdef uint32_t ch
+    if not (ex[0] | ex[1] | ex[2] | ex[3]):
+        return 0.0
+    ch = g.trie[root].first_child
+    while ch != NONE:
+        if (ex[g.trie[ch].byte >> 6] >> (g.trie[ch].byte & 63)) & 1:
+            mass += g.trie[ch].agg / agg
+        ch = g.trie[ch].next_sibling
+    return mass
+
+
+cdef inline uint32_t _scratch_size(GraphC* g, uint32_t* cis, uint32_t m,
+                                   ExclSlotC** slots) noexcept nogil:
+    """slots[k]: context k's sorted copy (NULL: walked); returns the unit set size the walked
+    ones need (a power of two, at least 16)."""
+    cdef uint32_t k, most = 0, size = 16
+    for k in range(m):
+        slots[k] = NULL
+        if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
+            continue
+        if g.ctxs[cis[k]].distinct >= EXCL_MIN:
+            slots[k] = _excl_get(g, cis[k])
+        if slots[k] == NULL and g.ctxs[cis[k]].distinct > most:
+            most = g.ctxs[cis[k]].distinct
+    while size < 2 * most:
+        size *= 2
+    return size
+
+
 cdef enum:
     SPELL_STACK = 65              # steps (payload bytes + 1) handled without a heap allocation
 
@@ -905,7 +971,7 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
     """P(next token = v) spelled along its trie path (see above); 0 if greedy segmentation rules
     v out after a. Sums to 1 over all nodes."""
     cdef NodeC* nv = &g.nodes[v]
-    cdef uint32_t L = nv.payload_len, i, k, ts, ta, ch, root, n_steps = L + 1
+    cdef uint32_t L = nv.payload_len, i, k, ts, ta, root, n_steps = L + 1
     cdef uint8_t ex_port
     cdef double agg, dd, aa, w, prob = 1.0
     cdef SpellStep* st
@@ -922,21 +988,12 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
     cdef double* p_x = px_small
     cdef uint32_t seen_small[1024]
     cdef uint32_t* seen = seen_small
-    cdef uint32_t size = 16, most = 0
+    cdef uint32_t size
     cdef void* heap = NULL
     if is_excluded(g, a, v):
         return 0.0
     st = st_small
-    for k in range(m):
-        slots[k] = NULL
-        if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
-            continue
-        if g.ctxs[cis[k]].distinct >= EXCL_MIN:
-            slots[k] = _excl_get(g, cis[k])
-        if slots[k] == NULL and g.ctxs[cis[k]].distinct > most:
-            most = g.ctxs[cis[k]].distinct        # walked: the scratch must hold its units
-    while size < 2 * most:
-        size *= 2
+    size = _scratch_size(g, cis, m, slots)
     if size > 1024 or n_steps > SPELL_STACK:
         # one block for everything a long payload or a very busy context needs
         heap = malloc(size * sizeof(uint32_t) + n_steps * (9 * sizeof(uint64_t) +
@@ -957,27 +1014,15 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
     ex_port = g.nodes[a].port
     ts = g.port_root[nv.port] if L else NONE
     for i in range(n_steps):
-        ex[4 * i] = ex[4 * i + 1] = ex[4 * i + 2] = ex[4 * i + 3] = 0
         root = g.port_root[ex_port] if i == 0 else ts
-        if ta != NONE:
-            ch = g.trie[ta].first_child
-            while ch != NONE:
-                if g.trie[ch].node != NONE or (i > 0 and _dead(g, trie_child(g, root, g.trie[ch].byte), ch)):
-                    ex[4 * i + (g.trie[ch].byte >> 6)] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
-                ch = g.trie[ch].next_sibling
+        _ruled_out(g, ta, root, i > 0, ex + 4 * i)
         agg = <double>g.total_count + g.n_nodes if i == 0 else <double>g.trie[ts].agg
         if i == L:
             p_t[i] = (nv.count + 1.0) / agg
         else:
             ts = trie_child(g, ts, g.arena[nv.payload_off + i])
             p_t[i] = g.trie[ts].agg / agg
-        p_x[i] = 0.0
-        if ta != NONE and (ex[4 * i] | ex[4 * i + 1] | ex[4 * i + 2] | ex[4 * i + 3]):
-            ch = g.trie[root].first_child
-            while ch != NONE:
-                if (ex[4 * i + (g.trie[ch].byte >> 6)] >> (g.trie[ch].byte & 63)) & 1:
-                    p_x[i] += g.trie[ch].agg / agg
-                ch = g.trie[ch].next_sibling
+        p_x[i] = _ruled_out_mass(g, root, ex + 4 * i, agg)
         if ta != NONE:
             ta = trie_child(g, ta, g.arena[nv.payload_off + i]) \
                 if i < L and ex_port == nv.port else NONE
@@ -998,12 +1043,7 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
         for i in range(n_steps):
             if st[i].n == 0:
                 continue
-            if st[i].d == 1:
-                dd = sm.det_discount
-                aa = sm.det_strength
-            else:
-                dd = sm.discount
-                aa = sm.strength
+            _params(sm, st[i].d, &dd, &aa)
             w = aa + dd * <double>st[i].d
             p_t[i] = ((<double>st[i].hit - dd if st[i].hit else 0.0) + w * p_t[i]) / \
                 (<double>st[i].n + aa)
@@ -1023,7 +1063,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     here (STOP at the root), 0 for units that are ruled out or have no token. Other ports' units
     and port markers at the root keep their mass but are not listed. -1 if pfx is not a prefix
     of any token or is itself ruled out after a; -1 with g.pool.err on allocation failure."""
-    cdef uint32_t ts, ta, ch, k, e, u, c, x, d, h, unit, i, seen_mask
+    cdef uint32_t ts, ta, ch, k, e, u, c, x, d, i, seen_mask, size
     cdef uint64_t cnt[257]
     cdef uint64_t ex[4]
     cdef uint64_t n
@@ -1031,9 +1071,11 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     cdef double agg, dd, aa, w, p_x
     cdef NodeC* nu
     cdef ExclSlotC* slot
+    cdef ExclSlotC* slots[MAX_CONTEXT + 8]
     cdef uint32_t* ids
     cdef uint32_t* pre
-    cdef uint32_t* seen = NULL
+    cdef uint32_t seen_small[1024]
+    cdef uint32_t* seen = seen_small
     cdef uint32_t lo, hi, pos, end
     cdef uint64_t ex_cnt, ex_items
     cdef uint8_t ex_port = g.nodes[a].port
@@ -1051,14 +1093,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
             ta = trie_child(g, ta, pfx[i]) if ex_port == port else NONE
             if ta != NONE and g.trie[ta].node != NONE:
                 return -1
-    ex[0] = ex[1] = ex[2] = ex[3] = 0
-    if ta != NONE:
-        ch = g.trie[ta].first_child
-        while ch != NONE:
-            if g.trie[ch].node != NONE or \
-                    (len_p > 0 and _dead(g, trie_child(g, ts, g.trie[ch].byte), ch)):
-                ex[g.trie[ch].byte >> 6] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
-            ch = g.trie[ch].next_sibling
+    _ruled_out(g, ta, ts, len_p > 0, ex)
     # order 0
     memset(p, 0, sizeof(p))
     agg = <double>g.total_count + g.n_nodes if len_p == 0 else <double>g.trie[ts].agg
@@ -1071,13 +1106,13 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     elif g.trie[ts].node != NONE:
         p[256] = (g.nodes[g.trie[ts].node].count + 1.0) / agg
     # ruled-out mass at order 0 (on a's port's root at the first step)
-    p_x = 0.0
-    if ta != NONE:
-        ch = g.trie[g.port_root[ex_port] if len_p == 0 else ts].first_child
-        while ch != NONE:
-            if (ex[g.trie[ch].byte >> 6] >> (g.trie[ch].byte & 63)) & 1:
-                p_x += g.trie[ch].agg / agg
-            ch = g.trie[ch].next_sibling
+    p_x = _ruled_out_mass(g, g.port_root[ex_port] if len_p == 0 else ts, ex, agg)
+    size = _scratch_size(g, cis, m, slots)
+    if size > 1024:
+        seen = <uint32_t*>malloc(size * sizeof(uint32_t))
+        if seen == NULL:
+            g.pool.err = ERR_NOMEM
+            return -1
     for k in range(m):
         if cis[k] == NONE or g.ctxs[cis[k]].total == 0:
             continue
@@ -1086,7 +1121,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
         d = 0
         ex_cnt = 0
         ex_items = 0
-        slot = _excl_get(g, cis[k]) if g.ctxs[cis[k]].distinct >= EXCL_MIN else NULL
+        slot = slots[k]
         if slot != NULL:
             ids = g.excl.ids + slot.off
             pre = g.excl.pre + slot.pre_off
@@ -1120,14 +1155,9 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
                 d += 1
                 pos = end
         else:
-            seen_mask = 15
-            while seen_mask + 1 < 2 * g.ctxs[cis[k]].distinct:
-                seen_mask = seen_mask * 2 + 1
+            seen_mask = _seen_mask(g.ctxs[cis[k]].distinct)
             if len_p == 0:
-                seen = <uint32_t*>calloc(seen_mask + 1, sizeof(uint32_t))
-                if seen == NULL:
-                    g.pool.err = ERR_NOMEM
-                    return -1
+                memset(seen, 0, (seen_mask + 1) * sizeof(uint32_t))
             e = g.ctxs[cis[k]].head
             while e != NONE:
                 u = g.edges[e].dst
@@ -1141,12 +1171,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
                         if u == STOP:
                             cnt[256] += c
                         continue
-                    unit = trie_child(g, g.port_root[nu.port], nu.first)
-                    h = fmix64(unit) & seen_mask
-                    while seen[h] != 0 and seen[h] != unit + 1:
-                        h = (h + 1) & seen_mask
-                    if seen[h] == 0:
-                        seen[h] = unit + 1
+                    if _seen_add(seen, seen_mask, trie_child(g, g.port_root[nu.port], nu.first)):
                         d += 1
                         if nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1:
                             ex_items += 1
@@ -1167,17 +1192,9 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
                 cnt[x] += c
                 if x < 256 and (ex[x >> 6] >> (x & 63)) & 1:
                     ex_cnt += c
-            if seen != NULL:
-                free(seen)
-                seen = NULL
         if n == 0:
             continue
-        if d == 1:
-            dd = sm.det_discount
-            aa = sm.det_strength
-        else:
-            dd = sm.discount
-            aa = sm.strength
+        _params(sm, d, &dd, &aa)
         w = aa + dd * <double>d
         for x in range(257):
             p[x] = ((<double>cnt[x] - dd if cnt[x] else 0.0) + w * p[x]) / (<double>n + aa)
@@ -1185,6 +1202,8 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     for x in range(257):
         out[x] = 0.0 if x < 256 and (ex[x >> 6] >> (x & 63)) & 1 and \
             (len_p > 0 or ex_port == port) else p[x] / (1.0 - p_x)
+    if seen != seen_small:
+        free(seen)
     return 0
 
 
