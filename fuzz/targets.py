@@ -108,6 +108,7 @@ def limits_from(r: Bytes) -> melvin.Limits:
         # a quarter of the inputs learn bytewise (every token one byte: its own smoothing, and the
         # one-byte token context interleaved with the byte contexts)
         hierarchy=(b[5] & 0xC0) != 0xC0,
+        max_heads=(b[5] >> 3) & 7,                  # 0: attention off
     )
 
 

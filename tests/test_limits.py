@@ -85,6 +85,8 @@ def test_integer_fields_accept_ints():
     (dict(embedding_dims=-1), "embedding_dims"),
     (dict(max_heads=65), "max_heads"),
     (dict(transformer_min_uses=0), "transformer_min_uses"),
+    (dict(attention=1), "attention"),
+    (dict(hierarchy="yes"), "hierarchy"),
 ])
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError) as info:

@@ -1,5 +1,5 @@
-"""Behaviour tests for the mechanisms beyond the core scenarios: cross-modal recall, temporal
-queries, confidence and adaptive stopping."""
+"""Behaviour tests for the mechanisms beyond the core scenarios: attention over the episode,
+cross-modal recall, temporal queries, confidence and adaptive stopping."""
 import random
 
 import pytest
@@ -13,6 +13,41 @@ def _pairs(n=50, seed=1):
              "wind rain snow leaf").split()
     return [(" ".join(rng.choice(words) for _ in range(3)) + f" {i}",
              bytes(rng.randrange(256) for _ in range(16))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def attending(wiki_lines):
+    """The same training with the attention heads on and off."""
+    out = {}
+    for on in (True, False):
+        g = melvin.Graph(melvin.Limits(attention=on))
+        for line in wiki_lines[:300]:
+            g.feed(line)
+        out[on] = g
+    return out
+
+
+def test_attention_recalls_a_new_name_from_earlier_in_the_episode(attending):
+    """A name training never saw: after its first mention, the induction heads (what followed
+    "Mount " earlier in this text) predict it again; the graph alone cannot."""
+    on, off = attending[True], attending[False]
+    prompt = b"Mount Zorbatu is a volcano. Many people climb Mount "
+    assert on.predict(prompt, k=1)[0][0] == b"Z"
+    assert on.predict(prompt, k=1)[0][1] > 0.3
+    assert b"Z" not in [tok for tok, _ in off.predict(prompt, k=3)]
+    text = prompt + b"Zorbatu every year."
+    assert on.score_bits(text) < 0.9 * off.score_bits(text)
+
+
+def test_attention_learns_nothing_and_needs_history(attending):
+    """The heads read the episode, never the graph: training is identical, and with no history
+    (the first token of an episode) the distributions are equal."""
+    on, off = attending[True], attending[False]
+    a, b = on.stats(), off.stats()
+    assert a.pop("attention_heads") == 4 and b.pop("attention_heads") == 0
+    assert a == b
+    assert (on._core.distribution(b"") == off._core.distribution(b"")).all()
+    assert melvin.Graph(melvin.Limits(hierarchy=False)).stats()["attention_heads"] == 0
 
 
 @pytest.fixture(scope="module")

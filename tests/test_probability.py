@@ -24,7 +24,9 @@ def trained(wiki_lines, request):
 
 def _random_prompts(lines, n, seed=1234):
     rng = random.Random(seed)
-    prompts = [b"", b"The ", b"April", b"\x00\xff\xfe", bytes(range(200, 256))]
+    # repeated tokens feed the attention heads; the long one wraps their window
+    prompts = [b"", b"The ", b"April", b"\x00\xff\xfe", bytes(range(200, 256)),
+               b"the cat and the cat and the ", b"April is the fourth month of the year. " * 20]
     for _ in range(n):
         line = rng.choice(lines)
         a = rng.randrange(len(line))

@@ -155,6 +155,8 @@ def main(argv=None):
     score = _model._get_smoothing("score")
     configs = [
         ("full", base, {}),
+        ("no attention", melvin.Limits(max_memory=args.max_memory, attention=False), {}),
+        ("attention: copy head only", melvin.Limits(max_memory=args.max_memory, max_heads=1), {}),
         ("no 24-byte context: byte contexts (2,4)",
          melvin.Limits(max_memory=args.max_memory, byte_context=(2, 4)), {}),
         ("byte contexts (3,6) (the old default)",

@@ -19,7 +19,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 prob_next, spell_step,
+                                 prob_next, spell_step, attn_values,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -90,7 +90,8 @@ cdef class Core:
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
-                  uint32_t form_min_count, tuple byte_orders=(), bint empty=False):
+                  uint32_t form_min_count, tuple byte_orders=(), uint32_t attention_heads=0,
+                  bint empty=False):
         memset(&self.g, 0, sizeof(GraphC))
         store_init(&self.g)
         self.g.pool.cap = max_memory
@@ -101,6 +102,9 @@ cdef class Core:
         self.g.max_levels = max_levels
         self.g.context_len = context_len
         self.g.form_min_count = form_min_count
+        if attention_heads > 64:
+            raise ValueError("attention_heads: at most 64")
+        self.g.attn_heads = attention_heads
         if len(byte_orders) > 8 or list(byte_orders) != sorted(set(byte_orders)) or \
                 any(not 1 <= b <= 64 for b in byte_orders):
             raise ValueError("byte_orders: up to 8 distinct ascending lengths in [1, 64]")
@@ -109,7 +113,8 @@ cdef class Core:
             self.g.byte_orders[i] = b
         self.limits = dict(max_memory=max_memory, max_nodes=max_nodes, max_edges=max_edges,
                            max_payload=max_payload, max_levels=max_levels, context_len=context_len,
-                           form_min_count=form_min_count, byte_orders=tuple(byte_orders))
+                           form_min_count=form_min_count, byte_orders=tuple(byte_orders),
+                           attention_heads=attention_heads)
         if not empty and graph_init(&self.g) < 0:
             self._raise("creating the base nodes")
 
@@ -286,7 +291,7 @@ cdef class Core:
     cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j, bint anchored=True):
         """The trace the model would have after the first j prompt tokens: of an episode
         (anchored), or of the same tokens met anywhere in a stream."""
-        cdef Py_ssize_t i, first = j - <Py_ssize_t>MAX_CONTEXT
+        cdef Py_ssize_t i, first = j - <Py_ssize_t>ATTN_WINDOW
         trace_reset(tr)
         if not anchored and j > 0:
             tr.n = 0
@@ -439,6 +444,8 @@ cdef class Core:
         cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m, v, x
         cdef double step[257]
+        cdef uint32_t vals[ATTN_WINDOW]
+        cdef uint32_t n_vals, i
         cdef const uint8_t* q
         cdef list starts = []
         cdef bytes item
@@ -467,6 +474,13 @@ cdef class Core:
                 else:
                     v = STOP if not item else self._node_of(item, <uint8_t>port)
                     heapq.heappush(heap, (negp * step[x], 1, item, v))
+        if self.g.attn_heads and tr.n_seen:
+            # The heads only add mass to the window's tokens and scale the rest alike, so the top
+            # k of the mixture are among the graph's top k and the window.
+            n_vals = attn_values(&self.g, &tr, vals)
+            cand = {v for _, v in found}
+            cand.update(vals[i] for i in range(n_vals) if vals[i] != NONE)
+            found = [(prob_next(&self.g, &tr, cis, m, v), v) for v in cand]
         ranked = sorted(found, key=lambda pv: (-pv[0], self._tie_key(pv[1])))[:k]
         return [(b"" if v == STOP else self._payload(v), prob) for prob, v in ranked]
 
@@ -616,6 +630,7 @@ cdef class Core:
             formed=self.g.formed, pruned_nodes=self.g.pruned_nodes, pruned_edges=self.g.pruned_edges,
             pruned_contexts=self.g.pruned_ctxs, prunes=self.g.prunes,
             ports=sum(1 for i in range(256) if self.g.port_root[i] != NONE),
+            attention_heads=self.g.attn_heads,
         )
 
     # --- test hooks --------------------------------------------------------------------------

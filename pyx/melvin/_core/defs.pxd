@@ -5,11 +5,13 @@ cdef extern from *:
     """
     #define MELVIN_NONE 0xFFFFFFFFu
     #define MELVIN_MAX_CONTEXT 32
+    #define MELVIN_ATTN_WINDOW 128
     #define MELVIN_STOP 256u
     #define MELVIN_N_BASE 257u
     """
     const uint32_t NONE "MELVIN_NONE"            # "no id" sentinel for every id space
     const int MAX_CONTEXT "MELVIN_MAX_CONTEXT"   # upper bound of Limits.context_len
+    const int ATTN_WINDOW "MELVIN_ATTN_WINDOW"   # tokens of the episode the attention heads see (2^k)
     const uint32_t STOP "MELVIN_STOP"            # node id of the end-of-episode node
     const uint32_t N_BASE "MELVIN_N_BASE"        # 256 text byte nodes + STOP exist from the start
 

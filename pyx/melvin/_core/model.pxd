@@ -5,11 +5,14 @@ from melvin._core.defs cimport *
 from melvin._core.store cimport GraphC
 
 
-# The context trace: the last context_len tokens of the current episode, most recent first.
+# The context trace: the last context_len tokens of the current episode, most recent first, and
+# its last ATTN_WINDOW tokens in order (a ring: token i of the episode at seen[i % ATTN_WINDOW]).
 cdef struct TraceC:
     uint32_t ids[MAX_CONTEXT]
     uint32_t n
     uint32_t pending               # token being learned; protected and remapped by pruning
+    uint32_t n_seen                # tokens pushed since the episode began
+    uint32_t seen[ATTN_WINDOW]
 
 
 cdef void trace_reset(TraceC* t) noexcept nogil
@@ -41,6 +44,8 @@ cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil
+# The tokens the attention heads may predict (the window, NONE where ruled out); how many.
+cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil
 # prob_next's distribution one byte at a time: after the prefix pfx, out[x] for each next byte and
 # out[256] for the token ending there (see model.pyx); -1 if no token continues pfx.
 cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,

@@ -28,6 +28,7 @@ cdef void trace_reset(TraceC* t) noexcept nogil:
     t.ids[0] = STOP
     t.n = 1
     t.pending = NONE
+    t.n_seen = 0
 
 
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
@@ -39,6 +40,8 @@ cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil
         i -= 1
     t.ids[0] = v
     t.n = n
+    t.seen[t.n_seen & (ATTN_WINDOW - 1)] = v
+    t.n_seen += 1
 
 
 cdef inline uint32_t trace_orders(GraphC* g, TraceC* t) noexcept nogil:
@@ -1207,10 +1210,82 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
     return 0
 
 
+# --- attention over the episode's own tokens -----------------------------------------------------
+# The graph remembers what followed what in everything it was fed; an episode's own earlier tokens
+# say what this text is about. Heads attend over the trace's window of the episode's last
+# ATTN_WINDOW tokens: head 0 (copy) to every token, head h >= 1 (induction, order h) to the tokens
+# whose h predecessors equal the last h tokens. Each head's values form a distribution over the
+# tokens it attends to, mixed into the graph's prediction with a weight that grows with how much
+# it attends to: w = ATTN_GAIN[h] * n / (n + ATTN_HALF[h]). Every token greedy segmentation rules
+# out is left out of the heads too, so the mixture stays a proper distribution. Wiki held-out
+# (one episode per line): 2.305 -> 2.256 bits/byte with copy + orders 1..3 (a Python prototype;
+# gains per head: copy 0.018, order 1 0.020, orders 2..3 0.003; a gate from the model's own
+# confidence did not help).
+cdef double ATTN_GAIN[2]
+cdef double ATTN_HALF[2]
+ATTN_GAIN[0] = 0.05
+ATTN_HALF[0] = 5.0
+ATTN_GAIN[1] = 0.4
+ATTN_HALF[1] = 0.5
+
+
+def _set_attention(double copy_gain, double copy_half, double induction_gain,
+                   double induction_half):
+    """Tuning hook for experiments: the copy head's and the induction heads' weights."""
+    if not (0.0 <= copy_gain < 1.0 and 0.0 <= induction_gain < 1.0 and copy_half >= 0.0
+            and induction_half >= 0.0):
+        raise ValueError("need gains in [0, 1) and half-weights >= 0")
+    ATTN_GAIN[0] = copy_gain
+    ATTN_HALF[0] = copy_half
+    ATTN_GAIN[1] = induction_gain
+    ATTN_HALF[1] = induction_half
+
+
+cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil:
+    """The window's tokens in episode order, NONE for those no head may predict (markers, and
+    tokens greedy segmentation rules out after the last one). Returns how many."""
+    cdef uint32_t n = tr.n_seen if tr.n_seen < ATTN_WINDOW else ATTN_WINDOW
+    cdef uint32_t i, u, first = tr.n_seen - n
+    for i in range(n):
+        u = tr.seen[(first + i) & (ATTN_WINDOW - 1)]
+        vals[i] = NONE if (g.nodes[u].payload_len == 0 or is_excluded(g, tr.ids[0], u)) else u
+    return n
+
+
+cdef double attend(GraphC* g, TraceC* tr, uint32_t* vals, uint32_t n, uint32_t v, double p) noexcept nogil:
+    """p, the graph's P(v), with the heads' distributions mixed in (see ATTN_GAIN)."""
+    cdef uint32_t h, i, j, first = tr.n_seen - n
+    cdef double att, hit, w
+    cdef uint32_t* seen = tr.seen
+    for h in range(g.attn_heads):
+        att = 0.0
+        hit = 0.0
+        for i in range(h, n):
+            if vals[i] == NONE:
+                continue
+            j = 1
+            while j <= h and seen[(first + i - j) & (ATTN_WINDOW - 1)] == \
+                    seen[(tr.n_seen - j) & (ATTN_WINDOW - 1)]:
+                j += 1
+            if j > h:
+                att += 1.0
+                hit += vals[i] == v
+        if att > 0.0:
+            w = ATTN_GAIN[h > 0] * att / (att + ATTN_HALF[h > 0])
+            p = (1.0 - w) * p + w * hit / att
+    return p
+
+
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil:
     """P(next token = v) given the trace, with the tokens greedy segmentation rules out removed
-    and the rest renormalised."""
-    return prob_spelled(g, tr.ids[0], cis, m, v, score_smoothing(g))
+    and the rest renormalised, and the attention heads mixed in."""
+    cdef uint32_t vals[ATTN_WINDOW]
+    cdef double p = prob_spelled(g, tr.ids[0], cis, m, v, score_smoothing(g))
+    cdef uint32_t n
+    if g.attn_heads == 0 or tr.n_seen == 0:
+        return p
+    n = attn_values(g, tr, vals)
+    return attend(g, tr, vals, n, v, p)
 
 
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
@@ -1305,6 +1380,7 @@ cdef uint64_t _prune_round(GraphC* g, TraceC* protect) noexcept nogil:
             protect.ids[i] = g.nodes[protect.ids[i]].aux
         if protect.pending != NONE:
             protect.pending = g.nodes[protect.pending].aux
+        protect.n_seen = 0                # ids moved; training never reads the attention window
     for v in range(g.n_nodes):
         nd = &g.nodes[v]
         if nd.left != NONE:
