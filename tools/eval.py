@@ -147,7 +147,7 @@ def main(argv=None):
     ap.add_argument("--assoc")
     ap.add_argument("--max-memory", default="4G")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--only", help="comma-separated config names to run")
+    ap.add_argument("--only", help="config names to run, separated by ';' (names hold commas)")
     args = ap.parse_args(argv)
     train, heldout = lines_of(args.train), lines_of(args.heldout)
     rows = list(csv.DictReader(open(args.assoc), delimiter="\t")) if args.assoc else []
@@ -161,8 +161,10 @@ def main(argv=None):
          melvin.Limits(max_memory=args.max_memory, byte_context=(2, 4)), {}),
         ("byte contexts (3,6) (the old default)",
          melvin.Limits(max_memory=args.max_memory, byte_context=(3, 6)), {}),
-        ("no hierarchy (bytewise, byte contexts 2..24)",
+        ("no hierarchy (bytewise: byte contexts 2..24)",
          melvin.Limits(max_memory=args.max_memory, hierarchy=False), {}),
+        ("bytewise without attention",
+         melvin.Limits(max_memory=args.max_memory, hierarchy=False, attention=False), {}),
         ("no byte contexts", melvin.Limits(max_memory=args.max_memory, byte_context=()), {}),
         ("token contexts 1..3", melvin.Limits(max_memory=args.max_memory, context_len=3), {}),
         ("generation: scoring smoothing", base,
@@ -171,7 +173,10 @@ def main(argv=None):
         ("generation: adaptive stop 0.3", base, dict(gen=dict(stop_ratio=0.3))),
         ("generation: adaptive stop 0.1", base, dict(gen=dict(stop_ratio=0.1))),
     ]
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split(";")) if args.only else None
+    unknown = only - {name for name, _, _ in configs} if only else set()
+    if unknown:
+        ap.error(f"unknown config names: {sorted(unknown)}")
     results = []
     for name, limits, kw in configs:
         if only and name not in only:

@@ -1213,32 +1213,35 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
 # --- attention over the episode's own tokens -----------------------------------------------------
 # The graph remembers what followed what in everything it was fed; an episode's own earlier tokens
 # say what this text is about. Heads attend over the trace's window of the episode's last
-# ATTN_WINDOW tokens: head 0 (copy) to every token, head h >= 1 (induction, order h) to the tokens
-# whose h predecessors equal the last h tokens. Each head's values form a distribution over the
+# ATTN_WINDOW tokens. With hierarchy, head 0 (copy) attends to every token and head h >= 1
+# (induction, order h) to the tokens whose h predecessors equal the last h tokens; without it,
+# where tokens are bytes and the byte contexts already see the last few, head h is an induction
+# head of order 3 * 2^h (3, 6, 12, 24 bytes). Each head's values form a distribution over the
 # tokens it attends to, mixed into the graph's prediction with a weight that grows with how much
-# it attends to: w = ATTN_GAIN[h] * n / (n + ATTN_HALF[h]). Every token greedy segmentation rules
-# out is left out of the heads too, so the mixture stays a proper distribution. Wiki held-out
-# (one episode per line): 2.305 -> 2.256 bits/byte with copy + orders 1..3 (a Python prototype;
-# gains per head: copy 0.018, order 1 0.020, orders 2..3 0.003; a gate from the model's own
-# confidence did not help).
-cdef double ATTN_GAIN[2]
-cdef double ATTN_HALF[2]
-ATTN_GAIN[0] = 0.05
-ATTN_HALF[0] = 5.0
-ATTN_GAIN[1] = 0.4
-ATTN_HALF[1] = 0.5
+# it attends to: w = gain * n / (n + half). Every token greedy segmentation rules out is left out
+# of the heads too, so the mixture stays a proper distribution. Wiki held-out (one episode per
+# line): 2.305 -> 2.256 bits/byte with copy + orders 1..3 (per head: copy 0.027, order 1 0.022,
+# orders 2..3 0.0003); bytewise 2.093 -> 2.05x. Measured and not kept: a copy head decaying with
+# distance, a gate from the model's own confidence, induction heads of orders 1..3 over bytes
+# (bytewise 2.093 -> 2.330, with the copy head) or 2, 4, 8 bytes (2.107).
+cdef enum:
+    ATTN_COPY = 0
+    ATTN_INDUCTION = 1
+    ATTN_BYTES = 2
+cdef double ATTN_GAIN[3]
+cdef double ATTN_HALF[3]
+ATTN_GAIN[:] = [0.05, 0.4, 0.6]
+ATTN_HALF[:] = [5.0, 0.5, 1.0]
 
 
-def _set_attention(double copy_gain, double copy_half, double induction_gain,
-                   double induction_half):
-    """Tuning hook for experiments: the copy head's and the induction heads' weights."""
-    if not (0.0 <= copy_gain < 1.0 and 0.0 <= induction_gain < 1.0 and copy_half >= 0.0
-            and induction_half >= 0.0):
-        raise ValueError("need gains in [0, 1) and half-weights >= 0")
-    ATTN_GAIN[0] = copy_gain
-    ATTN_HALF[0] = copy_half
-    ATTN_GAIN[1] = induction_gain
-    ATTN_HALF[1] = induction_half
+def _set_attention(str which, double gain, double half):
+    """Tuning hook for experiments: which = "copy", "induction" or "bytes" (bytewise heads)."""
+    cdef int k = ATTN_COPY if which == "copy" else ATTN_INDUCTION if which == "induction" else \
+        ATTN_BYTES
+    if not (0.0 <= gain < 1.0 and half >= 0.0):
+        raise ValueError("need a gain in [0, 1) and half >= 0")
+    ATTN_GAIN[k] = gain
+    ATTN_HALF[k] = half
 
 
 cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil:
@@ -1253,25 +1256,35 @@ cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil:
 
 
 cdef double attend(GraphC* g, TraceC* tr, uint32_t* vals, uint32_t n, uint32_t v, double p) noexcept nogil:
-    """p, the graph's P(v), with the heads' distributions mixed in (see ATTN_GAIN)."""
-    cdef uint32_t h, i, j, first = tr.n_seen - n
+    """p, the graph's P(v), with the heads' distributions mixed in, lower orders first."""
+    cdef uint32_t h, i, j, order, first = tr.n_seen - n
+    cdef int kind
+    cdef bint bytewise = g.form_min_count == 0xFFFFFFFFu
     cdef double att, hit, w
     cdef uint32_t* seen = tr.seen
     for h in range(g.attn_heads):
+        if bytewise:
+            order = 3u << h if h < 6 else ATTN_WINDOW
+            kind = ATTN_BYTES
+        else:
+            order = h
+            kind = ATTN_INDUCTION if h else ATTN_COPY
+        if order >= n:
+            break
         att = 0.0
         hit = 0.0
-        for i in range(h, n):
+        for i in range(order, n):
             if vals[i] == NONE:
                 continue
             j = 1
-            while j <= h and seen[(first + i - j) & (ATTN_WINDOW - 1)] == \
+            while j <= order and seen[(first + i - j) & (ATTN_WINDOW - 1)] == \
                     seen[(tr.n_seen - j) & (ATTN_WINDOW - 1)]:
                 j += 1
-            if j > h:
+            if j > order:
                 att += 1.0
                 hit += vals[i] == v
         if att > 0.0:
-            w = ATTN_GAIN[h > 0] * att / (att + ATTN_HALF[h > 0])
+            w = ATTN_GAIN[kind] * att / (att + ATTN_HALF[kind])
             p = (1.0 - w) * p + w * hit / att
     return p
 
