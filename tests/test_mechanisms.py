@@ -33,8 +33,9 @@ def test_attention_recalls_a_new_name_from_earlier_in_the_episode(attending):
     on, off = attending[True], attending[False]
     prompt = b"Mount Zorbatu is a volcano. Many people climb Mount "
     assert on.predict(prompt, k=1)[0][0] == b"Z"
-    assert on.predict(prompt, k=1)[0][1] > 0.3
     assert b"Z" not in [tok for tok, _ in off.predict(prompt, k=3)]
+    z = ord("Z")                                       # the byte's node id
+    assert on._core.distribution(prompt)[z] > 100 * off._core.distribution(prompt)[z]
     text = prompt + b"Zorbatu every year."
     assert on.score_bits(text) < 0.9 * off.score_bits(text)
 
@@ -44,7 +45,7 @@ def test_attention_learns_nothing_and_needs_history(attending):
     (the first token of an episode) the distributions are equal."""
     on, off = attending[True], attending[False]
     a, b = on.stats(), off.stats()
-    assert a.pop("attention_heads") == 4 and b.pop("attention_heads") == 0
+    assert a.pop("attention_heads") == 2 and b.pop("attention_heads") == 0
     assert a == b
     assert (on._core.distribution(b"") == off._core.distribution(b"")).all()
 

@@ -1220,10 +1220,11 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
 # tokens it attends to, mixed into the graph's prediction with a weight that grows with how much
 # it attends to: w = gain * n / (n + half). Every token greedy segmentation rules out is left out
 # of the heads too, so the mixture stays a proper distribution. Wiki held-out (one episode per
-# line): 2.305 -> 2.256 bits/byte with copy + orders 1..3 (per head: copy 0.027, order 1 0.022,
-# orders 2..3 0.0003); bytewise 2.093 -> 2.05x. Measured and not kept: a copy head decaying with
-# distance, a gate from the model's own confidence, induction heads of orders 1..3 over bytes
-# (bytewise 2.093 -> 2.330, with the copy head) or 2, 4, 8 bytes (2.107).
+# line): 2.305 -> 2.256 bits/byte with the copy head and order 1 (-0.027 and -0.022; orders 2 and
+# 3 add nothing, so Limits.max_heads defaults to 2); bytewise 2.093 -> 2.055 with 3 and 6 bytes.
+# Measured and not kept: a copy head decaying with distance, a gate from the model's own
+# confidence, heads of orders 1..3 over bytes (bytewise 2.093 -> 2.330, with the copy head) or of
+# 2, 4, 8 bytes (2.107).
 cdef enum:
     ATTN_COPY = 0
     ATTN_INDUCTION = 1
