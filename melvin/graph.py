@@ -96,7 +96,9 @@ class Graph:
 
     def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):
         """The k most probable next tokens after the prompt as (token, probability), highest first.
-        Probabilities come from one proper distribution over every node and STOP (shown as b"")."""
+        Probabilities come from one proper distribution over every node and STOP (shown as b""):
+        the graph's, with the attention heads over the prompt's own tokens mixed in
+        (Limits.attention)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         return self._core.predict(_as_bytes(prompt, "prompt"), k, _port(port))
@@ -116,7 +118,9 @@ class Graph:
 
     def score(self, data, port: int = PORT_TEXT) -> float:
         """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
-        frozen model: an honest code length, comparable with compressors."""
+        frozen model: an honest code length, comparable with compressors. Each token is predicted
+        as predict() would after the bytes before it (the attention heads read those; nothing is
+        learned)."""
         data = _as_bytes(data)
         if not data:
             raise ValueError("score needs at least one byte")

@@ -1222,9 +1222,10 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
 # of the heads too, so the mixture stays a proper distribution. Wiki held-out (one episode per
 # line): 2.305 -> 2.256 bits/byte with the copy head and order 1 (-0.027 and -0.022; orders 2 and
 # 3 add nothing, so Limits.max_heads defaults to 2); bytewise 2.093 -> 2.055 with 3 and 6 bytes.
-# Measured and not kept: a copy head decaying with distance, a gate from the model's own
-# confidence, heads of orders 1..3 over bytes (bytewise 2.093 -> 2.330, with the copy head) or of
-# 2, 4, 8 bytes (2.107).
+# Measured and not kept (Python prototypes on wiki): a copy head decaying with distance; a gate
+# from the model's own confidence; gates learned per previous token, as per-edge transformers
+# would (-0.0009); with hierarchy, heads matching the last 3..12 bytes rather than tokens (-0.002);
+# without it, heads of 1..3 bytes (bytewise 2.093 -> 2.330, with the copy head) or 2, 4, 8 (2.107).
 cdef enum:
     ATTN_COPY = 0
     ATTN_INDUCTION = 1
