@@ -19,7 +19,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 prob_next, spell_step, attn_values,
+                                 prob_next, prob_attended, spell_step, attn_values,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -474,13 +474,15 @@ cdef class Core:
                 else:
                     v = STOP if not item else self._node_of(item, <uint8_t>port)
                     heapq.heappush(heap, (negp * step[x], 1, item, v))
-        if self.g.attn_heads and tr.n_seen:
+        n_vals = attn_values(&self.g, &tr, vals)
+        if n_vals:
             # The heads only add mass to the window's tokens and scale the rest alike, so the top
             # k of the mixture are among the graph's top k and the window.
-            n_vals = attn_values(&self.g, &tr, vals)
             cand = {v for _, v in found}
-            cand.update(vals[i] for i in range(n_vals) if vals[i] != NONE)
-            found = [(prob_next(&self.g, &tr, cis, m, v), v) for v in cand]
+            for i in range(n_vals):
+                if vals[i] != NONE:
+                    cand.add(vals[i])
+            found = [(prob_attended(&self.g, &tr, cis, m, vals, n_vals, v), v) for v in cand]
         ranked = sorted(found, key=lambda pv: (-pv[0], self._tie_key(pv[1])))[:k]
         return [(b"" if v == STOP else self._payload(v), prob) for prob, v in ranked]
 
@@ -495,14 +497,16 @@ cdef class Core:
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
         cdef uint32_t cis[MAX_CONTEXT + 8]
-        cdef uint32_t m, v
+        cdef uint32_t m, v, n_vals
+        cdef uint32_t vals[ATTN_WINDOW]
         cdef list starts = []
         ids = self._parse(p, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
+        n_vals = attn_values(&self.g, &tr, vals)
         cdef cnp.ndarray[cnp.float64_t, ndim=1] dist = np.empty(self.g.n_nodes, dtype=np.float64)
         for v in range(self.g.n_nodes):
-            dist[v] = prob_next(&self.g, &tr, cis, m, v)
+            dist[v] = prob_attended(&self.g, &tr, cis, m, vals, n_vals, v)
         return dist
 
     cdef tuple _heal(self, TraceC* tr, const uint8_t[::1] prompt, list ids, list starts,

@@ -44,8 +44,11 @@ cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil
-# The tokens the attention heads may predict (the window, NONE where ruled out); how many.
+# The tokens the attention heads may predict (the window, NONE where ruled out); how many (0 when
+# the heads are off). prob_attended is prob_next with them gathered once for many tokens.
 cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil
+cdef double prob_attended(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t* vals,
+                          uint32_t n, uint32_t v) noexcept nogil
 # prob_next's distribution one byte at a time: after the prefix pfx, out[x] for each next byte and
 # out[256] for the token ending there (see model.pyx); -1 if no token continues pfx.
 cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,

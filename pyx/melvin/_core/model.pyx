@@ -801,6 +801,19 @@ cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t 
         memset(seen, 0, (seen_mask + 1) * sizeof(uint32_t))
 
 
+cdef inline uint32_t _block_start(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t hi, uint8_t port,
+                                  const uint8_t* c, uint32_t len_c) noexcept nogil:
+    """First index in [lo, hi) of the sorted ids not before the block of tokens starting with c."""
+    cdef uint32_t mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _cmp_prefix(g, ids[mid], port, c, len_c) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef inline uint32_t _block_end(GraphC* g, uint32_t* ids, uint32_t lo, uint32_t hi, uint8_t port,
                                 const uint8_t* c, uint32_t len_c) noexcept nogil:
     """First index in [lo, hi) of the sorted ids after the block of tokens starting with c."""
@@ -856,12 +869,7 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
         st.d = slot.d0
         if nv.payload_len:
             st.hit = first[t[0]]
-            while lo < hi:
-                pos = (lo + hi) >> 1
-                if _cmp_prefix(g, ids[pos], port, t, 1) < 0:
-                    lo = pos + 1
-                else:
-                    hi = pos
+            lo = _block_start(g, ids, lo, hi, port, t, 1)
             lo_io[0] = lo
             hi_io[0] = _block_end(g, ids, lo, slot.n, port, t, 1)
         else:
@@ -1131,12 +1139,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
             lo = 0
             hi = slot.n
             if len_p > 0:
-                while lo < hi:
-                    pos = (lo + hi) >> 1
-                    if _cmp_prefix(g, ids[pos], port, pfx, len_p) < 0:
-                        lo = pos + 1
-                    else:
-                        hi = pos
+                lo = _block_start(g, ids, lo, hi, port, pfx, len_p)
                 hi = _block_end(g, ids, lo, slot.n, port, pfx, len_p)
             n = pre[hi] - pre[lo]
             pos = lo
@@ -1248,9 +1251,11 @@ def _set_attention(str which, double gain, double half):
 
 cdef uint32_t attn_values(GraphC* g, TraceC* tr, uint32_t* vals) noexcept nogil:
     """The window's tokens in episode order, NONE for those no head may predict (markers, and
-    tokens greedy segmentation rules out after the last one). Returns how many."""
+    tokens greedy segmentation rules out after the last one). Returns how many (0: heads off)."""
     cdef uint32_t n = tr.n_seen if tr.n_seen < ATTN_WINDOW else ATTN_WINDOW
     cdef uint32_t i, u, first = tr.n_seen - n
+    if g.attn_heads == 0:
+        return 0
     for i in range(n):
         u = tr.seen[(first + i) & (ATTN_WINDOW - 1)]
         vals[i] = NONE if (g.nodes[u].payload_len == 0 or is_excluded(g, tr.ids[0], u)) else u
@@ -1291,16 +1296,19 @@ cdef double attend(GraphC* g, TraceC* tr, uint32_t* vals, uint32_t n, uint32_t v
     return p
 
 
+cdef double prob_attended(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t* vals,
+                          uint32_t n, uint32_t v) noexcept nogil:
+    """prob_next with the window's values already gathered (attn_values), for queries that ask
+    about many tokens after the same trace."""
+    cdef double p = prob_spelled(g, tr.ids[0], cis, m, v, score_smoothing(g))
+    return attend(g, tr, vals, n, v, p) if n else p
+
+
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil:
     """P(next token = v) given the trace, with the tokens greedy segmentation rules out removed
     and the rest renormalised, and the attention heads mixed in."""
     cdef uint32_t vals[ATTN_WINDOW]
-    cdef double p = prob_spelled(g, tr.ids[0], cis, m, v, score_smoothing(g))
-    cdef uint32_t n
-    if g.attn_heads == 0 or tr.n_seen == 0:
-        return p
-    n = attn_values(g, tr, vals)
-    return attend(g, tr, vals, n, v, p)
+    return prob_attended(g, tr, cis, m, vals, attn_values(g, tr, vals), v)
 
 
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
