@@ -403,6 +403,45 @@ def test_hostile_records(brain):
             loads(_records(buf, name, dtype, edit))
 
 
+def _repeat_node(brain, buf):
+    """A brain whose later hierarchy node spells the same pattern as an earlier one (same port,
+    components and payload; the arena and lengths still add up)."""
+    s = _split(buf)
+    nodes = np.frombuffer(s["nodes"], dtype=_node_dtype()).copy()
+    arena = bytearray(s["arena"])
+    offs = np.concatenate([[0], np.cumsum(nodes["length"].astype(np.int64))])
+    h = _hierarchy(brain)
+    a, b = next((x, y) for x in h for y in h if y > x and nodes["length"][x] == nodes["length"][y]
+                and nodes["port"][x] == nodes["port"][y])
+    arena[offs[b]:offs[b + 1]] = arena[offs[a]:offs[a + 1]]
+    for field in ("left", "right", "level"):
+        nodes[field][b] = nodes[field][a]
+    return _join({**s, "nodes": nodes.tobytes(), "arena": bytes(arena)})
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_repeated_records_are_refused_while_indexing(brain, monkeypatch, threaded):
+    """Loading indexes nodes, contexts and edges refusing repeats (instead of probing for each
+    afterwards), on one thread or with the edges on a second one (big brains)."""
+    from melvin._core import core
+    monkeypatch.setattr(core, "PARALLEL_LOAD_EDGES", 0 if threaded else 1 << 40)
+    buf = dumps(brain)
+    cases = [
+        (_records(buf, "edges", _edge_dtype(), lambda a: a.__setitem__(7, a[2])), "edge 7 repeats"),
+        (_records(buf, "contexts", _ctx_dtype(), lambda a: a["key"].__setitem__(9, a["key"][4])),
+         "context 9 repeats"),
+        (_repeat_node(brain, buf), "repeats an earlier node's pattern"),
+    ]
+    for bad, message in cases:
+        for verify in (True, False):
+            with pytest.raises(melvin.CorruptBrainError, match=message):
+                loads(bad, verify=verify)
+    g = loads(buf)                       # and the intact brain loads whole on either path
+    assert g.check() and dumps(g) == buf
+    for p in PROBES:
+        assert g.predict(p, k=5) == brain.predict(p, k=5)
+
+
 def test_hostile_arena(brain):
     s = _split(dumps(brain))
     arena = bytearray(s["arena"])

@@ -3,6 +3,7 @@
 import bisect
 import heapq
 import math
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -24,6 +25,11 @@ from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
+
+# Loading builds the successor lists and the edge index on a second thread while this one indexes
+# the nodes and contexts and builds the trie (disjoint memory, no allocation), once a brain has
+# this many edges: below it a thread costs more than it saves. A module global so tests can lower it.
+PARALLEL_LOAD_EDGES = 1 << 20
 
 
 def _aligned(a):
@@ -653,12 +659,18 @@ cdef class Core:
 
     # --- invariants --------------------------------------------------------------------------
     def check(self, bint full=True):
-        """Raise InvariantError unless every structure is consistent. full=False (what loading
-        runs) checks what a file supplies -- payloads, components, base nodes, duplicate
-        patterns, contexts and edges, ids -- and skips what the loader rebuilt from them itself
-        (the trie and its aggregates, the successor lists and totals): about a quarter of the
-        time on big brains, where the trie walk per pattern dominates. The fuzzers run the full
-        check on every brain that loads."""
+        """Raise InvariantError unless every structure is consistent. full=False checks what a
+        file supplies -- payloads, components, base nodes, duplicate patterns, contexts and
+        edges, ids -- and skips what the loader rebuilt from them itself (the trie and its
+        aggregates, the successor lists and totals): about a quarter of the time on big brains,
+        where the trie walk per pattern dominates. The fuzzers run the full check on every brain
+        that loads."""
+        return self._check(full, True)
+
+    cdef _check(self, bint full, bint probes):
+        """check(); without probes, skips finding every node, context and edge through its index
+        (half of a big brain's check): loading indexes them itself, refusing repeats on the way,
+        so each is found by construction."""
         cdef GraphC* g = &self.g
         cdef uint32_t v, c, e, steps, s, state, j
         cdef uint64_t total, counts = 0
@@ -727,10 +739,11 @@ cdef class Core:
                     raise InvariantError(f"trie path of node {v} broken")
             if g.trie[state].node != v or nd.state != state:
                 raise InvariantError(f"trie does not end at node {v}")
-        with nogil:
-            v = _first_node_not_found(g)
-        if v != NONE:
-            raise InvariantError(f"node {v} not found by its key (or duplicated)")
+        if probes:
+            with nogil:
+                v = _first_node_not_found(g)
+            if v != NONE:
+                raise InvariantError(f"node {v} not found by its key (or duplicated)")
         for j in range(256):
             state = g.port_root[j]
             if state == NONE:
@@ -744,7 +757,7 @@ cdef class Core:
         if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
             raise InvariantError("counts too large for the trie aggregates")
         if not full:
-            return self._check_contexts_and_edges(False)
+            return self._check_contexts_and_edges(False, probes)
         agg_arr = np.zeros(g.n_trie, dtype=np.uint64)
         cdef uint64_t[::1] agg = agg_arr          # typed: C indexing, not Python's per element
         for v in range(g.n_nodes):
@@ -762,20 +775,22 @@ cdef class Core:
                 raise InvariantError(f"trie state {s} names a missing node")
             if g.trie[s].parent != NONE and g.trie[s].parent >= s:
                 raise InvariantError(f"trie state {s} parent is not earlier")
-        return self._check_contexts_and_edges(True)
+        return self._check_contexts_and_edges(True, probes)
 
-    cdef _check_contexts_and_edges(self, bint lists):
+    cdef _check_contexts_and_edges(self, bint lists, bint probes):
         cdef GraphC* g = &self.g
         cdef uint32_t c, e, j, steps = 0
         cdef uint64_t total
-        found_arr = np.empty(g.n_ctxs, dtype=np.uint32)
-        cdef uint32_t[::1] found = found_arr
-        if g.n_ctxs:
-            with nogil:
-                ctx_find_many(g, g.ctxs, g.n_ctxs, &found[0])
-        bad = np.flatnonzero(found_arr != np.arange(g.n_ctxs, dtype=np.uint32))
-        if len(bad):
-            raise InvariantError(f"context {bad[0]} not found by its key (or duplicated)")
+        cdef uint32_t[::1] found
+        if probes:
+            found_arr = np.empty(g.n_ctxs, dtype=np.uint32)
+            found = found_arr
+            if g.n_ctxs:
+                with nogil:
+                    ctx_find_many(g, g.ctxs, g.n_ctxs, &found[0])
+            bad = np.flatnonzero(found_arr != np.arange(g.n_ctxs, dtype=np.uint32))
+            if len(bad):
+                raise InvariantError(f"context {bad[0]} not found by its key (or duplicated)")
         for c in range(g.n_ctxs if lists else 0):
             total = 0
             j = 0
@@ -800,10 +815,11 @@ cdef class Core:
                 raise InvariantError(f"edge {e} names a missing node or context")
             if g.edges[e].count == 0:
                 raise InvariantError(f"edge {e} has a zero count")
-        with nogil:
-            e = _first_edge_not_found(g)
-        if e != NONE:
-            raise InvariantError(f"edge {e} not found by (ctx, dst) (or duplicated)")
+        if probes:
+            with nogil:
+                e = _first_edge_not_found(g)
+            if e != NONE:
+                raise InvariantError(f"edge {e} not found by (ctx, dst) (or duplicated)")
         return True
 
     # --- persistence support -------------------------------------------------------------------
@@ -967,16 +983,26 @@ cdef class Core:
             g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
         try:
             if verify:
-                self.check(full=False)
+                self._check(False, False)
         except InvariantError as exc:
             store_free(g)
             store_init(g)
             raise CorruptBrainError(f"loaded brain is inconsistent: {exc}") from None
 
+    def _index_edges(self, list out):
+        """Loading: successor lists and edge index (see PARALLEL_LOAD_EDGES); appends the first
+        repeated edge (or NONE) to out."""
+        cdef uint32_t dup
+        with nogil:
+            rebuild_edge_lists(&self.g)
+            dup = rebuild_index(&self.g, 2)
+        out.append(dup)
+
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities):
         cdef GraphC* g = &self.g
         cdef uint32_t v, c, e, nn = len(nodes), nc = len(ctxs), ne = len(edges)
-        cdef uint32_t left, right, length, extra
+        cdef uint32_t left, right, length, extra, dup_node, dup_ctx
+        cdef int trie_ok
         cdef uint64_t off = 0
         cdef uint64_t caps[9]
         cdef const uint8_t* ap = arena
@@ -1038,9 +1064,26 @@ cdef class Core:
             g.edges[e].count = e_count[e]
             g.edges[e].stamp = e_stamp[e]
             g.n_edges = e + 1
-        rebuild_edge_lists(g)
-        rebuild_index(g, 0)
-        rebuild_index(g, 1)
-        rebuild_index(g, 2)
-        if trie_build(g) < 0:
+        edges_done = []
+        worker = None
+        if ne >= PARALLEL_LOAD_EDGES:
+            worker = threading.Thread(target=self._index_edges, args=(edges_done,))
+            worker.start()
+        else:
+            self._index_edges(edges_done)
+        try:
+            with nogil:
+                dup_node = rebuild_index(g, 0)
+                dup_ctx = rebuild_index(g, 1)
+                trie_ok = trie_build(g) if dup_node == NONE else 0
+        finally:
+            if worker is not None:
+                worker.join()
+        if dup_node != NONE:
+            raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
+        if dup_ctx != NONE:
+            raise CorruptBrainError(f"context {dup_ctx} repeats an earlier context's key")
+        if edges_done[0] != NONE:
+            raise CorruptBrainError(f"edge {edges_done[0]} repeats an earlier edge")
+        if trie_ok < 0:
             raise CorruptBrainError("trie capacity too small for the payloads")

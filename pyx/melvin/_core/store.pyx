@@ -105,12 +105,48 @@ cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
     ix.slots[i] = 0
 
 
-cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
+cdef inline bint _ix_same(GraphC* g, int kind, uint32_t a, uint32_t b) noexcept nogil:
+    """Whether items a and b have the same identity (what the index's lookups compare)."""
+    cdef NodeC* x
+    cdef NodeC* y
+    if kind == 0:
+        x = &g.nodes[a]
+        y = &g.nodes[b]
+        return x.key == y.key and x.port == y.port and x.payload_len == y.payload_len and \
+            memcmp(g.arena + x.payload_off, g.arena + y.payload_off, x.payload_len) == 0
+    if kind == 1:
+        return g.ctxs[a].key_lo == g.ctxs[b].key_lo and g.ctxs[a].key_hi == g.ctxs[b].key_hi
+    return g.edges[a].ctx == g.edges[b].ctx and g.edges[a].dst == g.edges[b].dst
+
+
+cdef inline bint _ix_put_new(GraphC* g, IndexC* ix, int kind, uint64_t h, uint32_t v) noexcept nogil:
+    """_ix_put, unless an item with v's identity is indexed already (then True, v not put): the
+    probe passes every slot such an item could occupy, and reads a record only on a tag match."""
+    cdef uint64_t cap = ix.capacity
+    cdef uint64_t i = fastrange(h, cap)
+    cdef uint32_t s, mask = ix_mask(cap)
+    while True:
+        s = ix.slots[i]
+        if s == 0:
+            break
+        if ix_tag_matches(s, h, mask) and _ix_same(g, kind, ix_value(s, mask), v):
+            return True
+        i += 1
+        if i == cap:
+            i = 0
+    ix.slots[i] = ix_slot(h, v, mask)
+    ix.filled += 1
+    return False
+
+
+cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=False) noexcept nogil:
+    """Index items 0..n-1 of a kind afresh. With unique (nodes, contexts, edges), stop at the first
+    item whose identity an earlier one has and return it; else NONE."""
     cdef uint32_t v, j
     cdef uint64_t ring[16]
     ix.filled = 0
     if ix.capacity == 0:
-        return                            # never allocated (and nothing to index)
+        return NONE                       # never allocated (and nothing to index)
     memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
     for v in range(n if n < 16 else 16):
@@ -118,11 +154,15 @@ cdef void _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept nogil:
         prefetch(&ix.slots[fastrange(ring[v], ix.capacity)])
     for v in range(n):
         j = v & 15
-        if not (kind == 3 and g.trie[v].parent == NONE):   # roots are nobody's children
+        if unique:
+            if _ix_put_new(g, ix, kind, ring[j], v):
+                return v
+        elif not (kind == 3 and g.trie[v].parent == NONE):   # roots are nobody's children
             _ix_put(ix, ring[j], v)
         if v + 16 < n:
             ring[j] = _ix_hash(g, kind, v + 16)
             prefetch(&ix.slots[fastrange(ring[j], ix.capacity)])
+    return NONE
 
 
 cdef uint64_t _ix_capacity_for(uint64_t n) noexcept nogil:
@@ -474,13 +514,12 @@ cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil:
     return 0
 
 
-cdef void rebuild_index(GraphC* g, int kind) noexcept nogil:
+cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil:
     if kind == 0:
-        _ix_fill(g, &g.node_ix, 0, g.n_nodes)
-    elif kind == 1:
-        _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs)
-    else:
-        _ix_fill(g, &g.edge_ix, 2, g.n_edges)
+        return _ix_fill(g, &g.node_ix, 0, g.n_nodes, True)
+    if kind == 1:
+        return _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs, True)
+    return _ix_fill(g, &g.edge_ix, 2, g.n_edges, True)
 
 
 cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil:
