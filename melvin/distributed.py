@@ -401,7 +401,8 @@ def vocabulary(graph, limits: Limits | None = None):
     from melvin.graph import Graph
 
     limits = limits or graph.limits
-    st = graph._core.export_state()
+    with graph._lock:
+        st = graph._core.export_state()
     nodes = st["nodes"].copy()
     nodes["count"] = 0
     core = Core(**limits.core_kwargs(), empty=True)

@@ -1,8 +1,10 @@
 """`Graph`: the public object. A thin layer over the compiled core that validates arguments."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 
 from melvin._core.core import Core
 from melvin.limits import Limits
@@ -23,6 +25,17 @@ def _as_bytes(data, what: str = "data") -> bytes:
     raise TypeError(f"{what} must be bytes or str, got {type(data).__name__}")
 
 
+def _locked(method):
+    """Run the method holding the graph's lock. The core releases the GIL while it learns and
+    queries, and both write the graph's tables (queries their scratch), so without the lock a
+    thread feeding a graph while another feeds or queries it corrupts memory."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 def _port(port) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 255:
         raise ValueError(f"port must be an int in [0, 255], got {port!r}")
@@ -37,6 +50,9 @@ class Graph:
     ...     g.feed("hello world")
     >>> g.generate("hello")
     b' world'
+
+    A Graph may be shared between threads: its methods take turns (each holds the graph's lock);
+    different graphs learn and answer in parallel (the core runs without the GIL).
     """
 
     def __init__(self, limits: Limits | None = None, seed: int = 0, *, _core: Core | None = None):
@@ -51,11 +67,15 @@ class Graph:
         # randomised mechanisms and for provenance.
         self.seed = seed
         self._core = _core if _core is not None else Core(**limits.core_kwargs())
+        # Reentrant: save, merge and prune call other methods of the graph while they hold it.
+        self._lock = threading.RLock()
 
+    @_locked
     def feed(self, data, port: int = PORT_TEXT) -> None:
         """Learn one episode: context starts empty and the sequence ends with a learned STOP."""
         self._core.feed(_as_bytes(data), _port(port))
 
+    @_locked
     def associate(self, streams: dict) -> None:
         """Learn one multi-port episode, e.g. {PORT_TEXT: b"dog", PORT_AUDIO: b"..."}: every stream
         is learned on its own port, bridged to every other, so generate(prompt, port=A,
@@ -72,6 +92,7 @@ class Graph:
                 if pa != pb:
                     self._core.associate_pair(a, pa, b, pb)
 
+    @_locked
     def generate(self, prompt=b"", port: int = PORT_TEXT, *, out_port: int | None = None,
                  max_bytes: int = 256, min_confidence: float = 0.0, stop_ratio: float = 0.0,
                  return_confidence: bool = False):
@@ -94,6 +115,7 @@ class Graph:
                                         float(stop_ratio))
         return (out, conf) if return_confidence else out
 
+    @_locked
     def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):
         """The k most probable next tokens after the prompt as (token, probability), highest first.
         Probabilities come from one proper distribution over every node and STOP (shown as b""):
@@ -103,6 +125,7 @@ class Graph:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         return self._core.predict(_as_bytes(prompt, "prompt"), k, _port(port))
 
+    @_locked
     def after(self, pattern, k: int = 5, port: int = PORT_TEXT):
         """What usually follows `pattern`: [(token, weight)], weights from counts and recency
         (older evidence halves every 64 x 65,536 learned tokens), summing to 1 over all."""
@@ -110,12 +133,14 @@ class Graph:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         return self._core.after(_as_bytes(pattern, "pattern"), k, _port(port))
 
+    @_locked
     def before(self, pattern, k: int = 5, port: int = PORT_TEXT):
         """What usually precedes `pattern` (or its first token): [(token, weight)] as in after()."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         return self._core.before(_as_bytes(pattern, "pattern"), k, _port(port))
 
+    @_locked
     def score(self, data, port: int = PORT_TEXT) -> float:
         """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
         frozen model: an honest code length, comparable with compressors. Each token is predicted
@@ -126,10 +151,12 @@ class Graph:
             raise ValueError("score needs at least one byte")
         return self._core.score_bits(data, _port(port)) / len(data)
 
+    @_locked
     def score_bits(self, data, port: int = PORT_TEXT) -> float:
         """Total code length in bits of one episode (for summing over many episodes)."""
         return self._core.score_bits(_as_bytes(data), _port(port))
 
+    @_locked
     def stats(self) -> dict:
         s = self._core.stats()
         s["transformers"] = 0
@@ -138,10 +165,12 @@ class Graph:
         s["max_memory"] = self.limits.max_memory
         return s
 
+    @_locked
     def check(self) -> bool:
         """Verify every internal invariant; raises melvin.InvariantError."""
         return self._core.check()
 
+    @_locked
     def prune(self, target_bytes) -> dict:
         """Shed the least used structure (age counts, drop zeros) until memory <= target_bytes."""
         from melvin.limits import parse_size
@@ -151,11 +180,13 @@ class Graph:
         log.info("pruned %d -> %d bytes", before["memory_bytes"], after["memory_bytes"])
         return {k: before[k] - after[k] for k in ("nodes", "contexts", "edges", "memory_bytes")}
 
+    @_locked
     def save(self, path) -> None:
         """Write the brain atomically (temp file, fsync, rename)."""
         from melvin.persist import save
         save(self, os.fspath(path))
 
+    @_locked
     def __repr__(self):
         s = self._core.stats()
         return f"<melvin.Graph nodes={s['nodes']} edges={s['edges']} memory={s['memory_bytes']}>"

@@ -21,6 +21,7 @@ Merging with an empty graph changes nothing observable: predictions, scores and 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from melvin._core.core import Core
@@ -83,6 +84,15 @@ def _canonical(graphs) -> list:
 
 
 def _merge(graphs, limits: Limits, consume: bool):
+    # Every input stays still while it is read (and, consumed, emptied); locks are taken in one
+    # global order, so merges of overlapping inputs on other threads cannot deadlock.
+    with contextlib.ExitStack() as held:
+        for g in sorted({id(g): g for g in graphs}.values(), key=id):
+            held.enter_context(g._lock)
+        return _merge_held(graphs, limits, consume)
+
+
+def _merge_held(graphs, limits: Limits, consume: bool):
     from melvin.graph import Graph
 
     for g in graphs:

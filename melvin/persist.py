@@ -49,6 +49,11 @@ def _chunks(core, kind: str, count: int):
 def write(graph, f) -> None:
     """Stream the brain to a seekable binary file: header, a placeholder table, the sections in
     bounded chunks (checksummed on the way), then the real table."""
+    with graph._lock:                    # the sections must come from one state of the graph
+        _write(graph, f)
+
+
+def _write(graph, f) -> None:
     core = graph._core
     counts = core.export_counts()
     counters, capacities = core.export_meta()

@@ -261,3 +261,63 @@ def test_empty_and_degenerate_prompts():
     g.feed(b"\x00" * 10000)
     g.check()
     assert isinstance(g.generate(b"\x00"), bytes)
+
+
+_THREADS_SCRIPT = r"""
+import sys, threading
+import melvin
+from melvin.persist import dumps
+
+lines = open(sys.argv[1], "rb").read().split(b"\n")[:1500]
+g = melvin.Graph(melvin.Limits(max_memory="4M"))       # small: feeding prunes and regrows tables
+other = melvin.Graph()
+for line in lines[:200]:
+    other.feed(line)
+done = threading.Event()
+
+def feed(part):
+    for line in lines[part::2]:
+        g.feed(line)
+
+def query():
+    while not done.is_set():
+        g.score(b"The history of the city of London")
+        g.predict(b"The history of ", k=5)
+        g.generate(b"The ", max_bytes=16)
+        g.stats()
+
+def save_and_merge():
+    while not done.is_set():
+        dumps(g)
+        melvin.merge([g, other])
+
+workers = [threading.Thread(target=feed, args=(0,)), threading.Thread(target=feed, args=(1,))]
+readers = [threading.Thread(target=query), threading.Thread(target=save_and_merge)]
+for t in workers + readers:
+    t.start()
+for t in workers:
+    t.join()
+done.set()
+for t in readers:
+    t.join()
+g.check()
+print(g.stats()["episodes"])
+"""
+
+
+def test_threads_sharing_a_graph_take_turns(tmp_path):
+    """The core runs without the GIL, so two threads feeding one graph while others score, save
+    and merge it raced on its tables (a segfault within a second, before Graph held a lock). In a
+    subprocess, so a regression fails the test instead of killing the run."""
+    import subprocess
+    import sys
+    from conftest import CORPUS
+    corpus = CORPUS / "wiki_train.txt"
+    if not corpus.exists():
+        pytest.skip("needs ../shared/corpus")
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(corpus)], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) == 1500
