@@ -187,6 +187,13 @@ class Graph:
         save(self, os.fspath(path))
 
     @_locked
+    def __reduce__(self):
+        """Pickling (multiprocessing, copy.deepcopy) goes through the brain format: the bytes
+        Graph.save would write, loaded back (and validated) by melvin.persist.loads."""
+        from melvin.persist import dumps, loads
+        return loads, (dumps(self),)
+
+    @_locked
     def __repr__(self):
         s = self._core.stats()
         return f"<melvin.Graph nodes={s['nodes']} edges={s['edges']} memory={s['memory_bytes']}>"

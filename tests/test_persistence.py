@@ -91,6 +91,18 @@ def test_round_trip_bytes(brain, wiki_lines):
         brain.generate(b"\x00\xff", port=melvin.PORT_SENSOR)
 
 
+def test_pickle_and_deepcopy_go_through_the_brain_format(brain, wiki_lines):
+    """multiprocessing and copy.deepcopy need pickling; a Graph pickles as its brain bytes."""
+    import copy
+    import pickle
+    for g2 in (pickle.loads(pickle.dumps(brain)), copy.deepcopy(brain)):
+        assert g2 is not brain and g2.limits == brain.limits and g2.seed == brain.seed
+        assert dumps(g2) == dumps(brain)
+        _same_model(brain, g2, PROBES + [line[:25] for line in wiki_lines[100:110]])
+        g2.feed(b"only the copy learns this")
+        assert dumps(g2) != dumps(brain)
+
+
 def test_round_trip_continues_identically(wiki_lines):
     """A loaded brain trains on exactly like the never-saved original."""
     original = melvin.Graph(melvin.Limits(max_memory="32M", context_len=4), seed=7)
