@@ -1,7 +1,6 @@
 """`Graph`: the public object. A thin layer over the compiled core that validates arguments."""
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -25,17 +24,6 @@ def _as_bytes(data, what: str = "data") -> bytes:
     raise TypeError(f"{what} must be bytes or str, got {type(data).__name__}")
 
 
-def _locked(method):
-    """Run the method holding the graph's lock. The core releases the GIL while it learns and
-    queries, and both write the graph's tables (queries their scratch), so without the lock a
-    thread feeding a graph while another feeds or queries it corrupts memory."""
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return run
-
-
 def _port(port) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 255:
         raise ValueError(f"port must be an int in [0, 255], got {port!r}")
@@ -51,8 +39,9 @@ class Graph:
     >>> g.generate("hello")
     b' world'
 
-    A Graph may be shared between threads: its methods take turns (each holds the graph's lock);
-    different graphs learn and answer in parallel (the core runs without the GIL).
+    A Graph may be shared between threads: its calls into the core take turns (each holds the
+    graph's lock: the core releases the GIL while it learns and queries, and both write the
+    graph's tables, queries their scratch); different graphs learn and answer in parallel.
     """
 
     def __init__(self, limits: Limits | None = None, seed: int = 0, *, _core: Core | None = None):
@@ -67,15 +56,15 @@ class Graph:
         # randomised mechanisms and for provenance.
         self.seed = seed
         self._core = _core if _core is not None else Core(**limits.core_kwargs())
-        # Reentrant: save, merge and prune call other methods of the graph while they hold it.
+        # Reentrant: save and merge call other methods of the graph while they hold it.
         self._lock = threading.RLock()
 
-    @_locked
     def feed(self, data, port: int = PORT_TEXT) -> None:
         """Learn one episode: context starts empty and the sequence ends with a learned STOP."""
-        self._core.feed(_as_bytes(data), _port(port))
+        data, port = _as_bytes(data), _port(port)
+        with self._lock:
+            self._core.feed(data, port)
 
-    @_locked
     def associate(self, streams: dict) -> None:
         """Learn one multi-port episode, e.g. {PORT_TEXT: b"dog", PORT_AUDIO: b"..."}: every stream
         is learned on its own port, bridged to every other, so generate(prompt, port=A,
@@ -84,15 +73,15 @@ class Graph:
         if not isinstance(streams, dict) or not streams:
             raise TypeError("associate takes a non-empty dict {port: bytes}")
         items = sorted((_port(p), _as_bytes(d, f"stream on port {p}")) for p, d in streams.items())
-        if len(items) == 1:
-            self._core.feed(items[0][1], items[0][0])
-            return
-        for pa, a in items:
-            for pb, b in items:
-                if pa != pb:
-                    self._core.associate_pair(a, pa, b, pb)
+        with self._lock:                 # one episode: no other call learns in between
+            if len(items) == 1:
+                self._core.feed(items[0][1], items[0][0])
+                return
+            for pa, a in items:
+                for pb, b in items:
+                    if pa != pb:
+                        self._core.associate_pair(a, pa, b, pb)
 
-    @_locked
     def generate(self, prompt=b"", port: int = PORT_TEXT, *, out_port: int | None = None,
                  max_bytes: int = 256, min_confidence: float = 0.0, stop_ratio: float = 0.0,
                  return_confidence: bool = False):
@@ -109,13 +98,13 @@ class Graph:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
         if not 0.0 <= float(stop_ratio) <= 1.0:
             raise ValueError(f"stop_ratio must be in [0, 1], got {stop_ratio!r}")
-        out, conf = self._core.generate(_as_bytes(prompt, "prompt"), _port(port), max_bytes,
-                                        float(min_confidence),
-                                        -1 if out_port is None else _port(out_port),
-                                        float(stop_ratio))
+        prompt, port = _as_bytes(prompt, "prompt"), _port(port)
+        out_port = -1 if out_port is None else _port(out_port)
+        with self._lock:
+            out, conf = self._core.generate(prompt, port, max_bytes, float(min_confidence),
+                                            out_port, float(stop_ratio))
         return (out, conf) if return_confidence else out
 
-    @_locked
     def predict(self, prompt=b"", k: int = 5, port: int = PORT_TEXT):
         """The k most probable next tokens after the prompt as (token, probability), highest first.
         Probabilities come from one proper distribution over every node and STOP (shown as b""):
@@ -123,24 +112,27 @@ class Graph:
         (Limits.attention)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
-        return self._core.predict(_as_bytes(prompt, "prompt"), k, _port(port))
+        prompt, port = _as_bytes(prompt, "prompt"), _port(port)
+        with self._lock:
+            return self._core.predict(prompt, k, port)
 
-    @_locked
     def after(self, pattern, k: int = 5, port: int = PORT_TEXT):
         """What usually follows `pattern`: [(token, weight)], weights from counts and recency
         (older evidence halves every 64 x 65,536 learned tokens), summing to 1 over all."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
-        return self._core.after(_as_bytes(pattern, "pattern"), k, _port(port))
+        pattern, port = _as_bytes(pattern, "pattern"), _port(port)
+        with self._lock:
+            return self._core.after(pattern, k, port)
 
-    @_locked
     def before(self, pattern, k: int = 5, port: int = PORT_TEXT):
         """What usually precedes `pattern` (or its first token): [(token, weight)] as in after()."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
-        return self._core.before(_as_bytes(pattern, "pattern"), k, _port(port))
+        pattern, port = _as_bytes(pattern, "pattern"), _port(port)
+        with self._lock:
+            return self._core.before(pattern, k, port)
 
-    @_locked
     def score(self, data, port: int = PORT_TEXT) -> float:
         """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
         frozen model: an honest code length, comparable with compressors. Each token is predicted
@@ -149,51 +141,53 @@ class Graph:
         data = _as_bytes(data)
         if not data:
             raise ValueError("score needs at least one byte")
-        return self._core.score_bits(data, _port(port)) / len(data)
+        port = _port(port)
+        with self._lock:
+            return self._core.score_bits(data, port) / len(data)
 
-    @_locked
     def score_bits(self, data, port: int = PORT_TEXT) -> float:
         """Total code length in bits of one episode (for summing over many episodes)."""
-        return self._core.score_bits(_as_bytes(data), _port(port))
+        data, port = _as_bytes(data), _port(port)
+        with self._lock:
+            return self._core.score_bits(data, port)
 
-    @_locked
     def stats(self) -> dict:
-        s = self._core.stats()
+        with self._lock:
+            s = self._core.stats()
         s["transformers"] = 0
         s["embeddings"] = 0
         s["bytes_per_edge"] = s["memory_bytes"] / s["edges"] if s["edges"] else None
         s["max_memory"] = self.limits.max_memory
         return s
 
-    @_locked
     def check(self) -> bool:
         """Verify every internal invariant; raises melvin.InvariantError."""
-        return self._core.check()
+        with self._lock:
+            return self._core.check()
 
-    @_locked
     def prune(self, target_bytes) -> dict:
         """Shed the least used structure (age counts, drop zeros) until memory <= target_bytes."""
         from melvin.limits import parse_size
-        before = self._core.stats()
-        self._core.prune(parse_size(target_bytes, "target_bytes"))
-        after = self._core.stats()
+        target = parse_size(target_bytes, "target_bytes")
+        with self._lock:
+            before = self._core.stats()
+            self._core.prune(target)
+            after = self._core.stats()
         log.info("pruned %d -> %d bytes", before["memory_bytes"], after["memory_bytes"])
         return {k: before[k] - after[k] for k in ("nodes", "contexts", "edges", "memory_bytes")}
 
-    @_locked
     def save(self, path) -> None:
         """Write the brain atomically (temp file, fsync, rename)."""
         from melvin.persist import save
-        save(self, os.fspath(path))
+        save(self, os.fspath(path))        # persist.write holds the lock while it reads
 
-    @_locked
     def __reduce__(self):
         """Pickling (multiprocessing, copy.deepcopy) goes through the brain format: the bytes
         Graph.save would write, loaded back (and validated) by melvin.persist.loads."""
         from melvin.persist import dumps, loads
-        return loads, (dumps(self),)
+        return loads, (dumps(self),)       # dumps holds the lock while it reads
 
-    @_locked
     def __repr__(self):
-        s = self._core.stats()
+        with self._lock:
+            s = self._core.stats()
         return f"<melvin.Graph nodes={s['nodes']} edges={s['edges']} memory={s['memory_bytes']}>"
