@@ -189,7 +189,7 @@ cdef int _ix_reserve(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t need)
     return 0
 
 
-cdef int reserve_nodes(GraphC* g, uint32_t extra, uint32_t payload_bytes) noexcept nogil:
+cdef int reserve_nodes_grow(GraphC* g, uint32_t extra, uint32_t payload_bytes) noexcept nogil:
     cdef uint64_t need = <uint64_t>g.n_nodes + extra
     if need > g.max_nodes:
         g.pool.err = ERR_LIMIT
@@ -202,14 +202,14 @@ cdef int reserve_nodes(GraphC* g, uint32_t extra, uint32_t payload_bytes) noexce
     return _ix_reserve(g, &g.node_ix, 0, g.n_nodes, need)
 
 
-cdef int reserve_ctxs(GraphC* g, uint32_t extra) noexcept nogil:
+cdef int reserve_ctxs_grow(GraphC* g, uint32_t extra) noexcept nogil:
     cdef uint64_t need = <uint64_t>g.n_ctxs + extra
     if _grow(g, <void**>&g.ctxs, &g.cap_ctxs, need, sizeof(CtxC), <uint64_t>0xFFFFFFF0) < 0:
         return -1
     return _ix_reserve(g, &g.ctx_ix, 1, g.n_ctxs, need)
 
 
-cdef int reserve_edges(GraphC* g, uint32_t extra) noexcept nogil:
+cdef int reserve_edges_grow(GraphC* g, uint32_t extra) noexcept nogil:
     cdef uint64_t need = <uint64_t>g.n_edges + extra
     if need > g.max_edges:
         g.pool.err = ERR_LIMIT
@@ -219,7 +219,7 @@ cdef int reserve_edges(GraphC* g, uint32_t extra) noexcept nogil:
     return _ix_reserve(g, &g.edge_ix, 2, g.n_edges, need)
 
 
-cdef int reserve_trie(GraphC* g, uint32_t extra) noexcept nogil:
+cdef int reserve_trie_grow(GraphC* g, uint32_t extra) noexcept nogil:
     cdef uint64_t need = <uint64_t>g.n_trie + extra
     if _grow(g, <void**>&g.trie, &g.cap_trie, need, sizeof(TrieC), <uint64_t>0xFFFFFFF0) < 0:
         return -1
