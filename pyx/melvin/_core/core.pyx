@@ -20,7 +20,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
-                                 prob_next, prob_attended, spell_step, attn_values,
+                                 prob_next, prob_attended, spell_step, attn_values, excl_settled,
                                  SMOOTH_RECALL)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
@@ -988,6 +988,7 @@ cdef class Core:
             store_free(g)
             store_init(g)
             raise CorruptBrainError(f"loaded brain is inconsistent: {exc}") from None
+        excl_settled(g)
 
     def _index_edges(self, list out):
         """Loading: successor lists and edge index (see PARALLEL_LOAD_EDGES); appends the first

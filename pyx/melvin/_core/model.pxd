@@ -53,6 +53,8 @@ cdef double prob_attended(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint
 # out[256] for the token ending there (see model.pyx); -1 if no token continues pfx.
 cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,
                     const uint8_t* pfx, uint32_t len_p, double* out) noexcept nogil
+# A freshly loaded graph: queries may sort its busy contexts at once (see _excl_get).
+cdef void excl_settled(GraphC* g) noexcept nogil
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
 cdef int prune_to(GraphC* g, size_t target_bytes, uint64_t target_edges, TraceC* protect) noexcept nogil
 # Merging: drop least recently used singletons until the compactly rebuilt graph would fit.
