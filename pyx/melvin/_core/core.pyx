@@ -26,6 +26,20 @@ from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
 
+
+def _join_all_the_way(thread):
+    """Wait for a thread that writes this graph's tables even if the wait is interrupted (Ctrl-C):
+    freeing the tables under it would corrupt memory. The interruption is raised afterwards."""
+    interrupted = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 # Loading builds the successor lists and the edge index on a second thread while this one indexes
 # the nodes and contexts and builds the trie (disjoint memory, no allocation), once a brain has
 # this many edges: below it a thread costs more than it saves. A module global so tests can lower it.
@@ -1079,7 +1093,7 @@ cdef class Core:
                 trie_ok = trie_build(g) if dup_node == NONE else 0
         finally:
             if worker is not None:
-                worker.join()
+                _join_all_the_way(worker)
         if dup_node != NONE:
             raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
         if dup_ctx != NONE:
