@@ -597,16 +597,20 @@ cdef inline int _cmp_prefix(GraphC* g, uint32_t v, uint8_t port, const uint8_t* 
     return -1 if x.payload_len < len_c else 0
 
 
-cdef void excl_settled(GraphC* g) noexcept nogil:
-    """The graph was just loaded, not learned: sort busy contexts from the first query on instead
-    of after EXCL_PATIENCE walks (which cost a 1.3 GB brain's first predict 0.3 s)."""
-    cdef ExclC* x = &g.excl
+cdef void _excl_reset(ExclC* x, uint64_t version, uint32_t walks) noexcept nogil:
+    """Drop every sorted copy: they belong to another version of the graph."""
     if x.slots != NULL:
         memset(x.slots, 0, EXCL_SLOTS * sizeof(ExclSlotC))
     x.n_ctx = 0
     x.used_ids = x.used_pre = 0
-    x.version = _version(g) + 1
-    x.walks = EXCL_PATIENCE
+    x.version = version
+    x.walks = walks
+
+
+cdef void excl_settled(GraphC* g) noexcept nogil:
+    """The graph was just loaded, not learned: sort busy contexts from the first query on instead
+    of after EXCL_PATIENCE walks (which cost a 1.3 GB brain's first predict 0.3 s)."""
+    _excl_reset(&g.excl, _version(g) + 1, EXCL_PATIENCE)
 
 
 cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
@@ -620,13 +624,8 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
     cdef SortRecC* recs
     cdef NodeC* nd
     cdef NodeC* prev = NULL
-    if x.version != version:                     # the graph changed: drop everything
-        if x.slots != NULL:
-            memset(x.slots, 0, EXCL_SLOTS * sizeof(ExclSlotC))
-        x.n_ctx = 0
-        x.walks = 0
-        x.used_ids = x.used_pre = 0
-        x.version = version
+    if x.version != version:                     # the graph changed
+        _excl_reset(x, version, 0)
     # Sorting costs a few walks: only once the graph has stayed unchanged for a while (a frozen
     # brain being queried, not queries interleaved with learning).
     if x.walks < EXCL_PATIENCE:

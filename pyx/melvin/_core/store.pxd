@@ -295,8 +295,8 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
 
 
 # Room for `extra` more items (and payload bytes): every learned token reserves before it appends,
-# and the tables rarely need to grow, so the test that they need not is inline (it was 8% of the
-# instructions of training as calls). The conditions are exactly those under which the _grow
+# and the tables rarely need to grow, so the test that they need not is inline (as calls it was
+# 6% of training's instructions). The conditions are exactly those under which the _grow
 # functions return 0 without doing anything.
 cdef inline bint _ix_room(IndexC* ix, uint64_t need) noexcept nogil:
     return ix.capacity != 0 and need * 4 <= ix.capacity * 3
