@@ -12,13 +12,15 @@ physical RAM (the default), "2G", "512M" or bytes. The graph gets
     graph budget = (max_memory - min(FIXED_OVERHEAD, max_memory / 2)) / (1 + RESUME_FACTOR)
 
 where FIXED_OVERHEAD (64 MiB) is the interpreter, numpy, read buffers and the streaming save's
-chunks, and RESUME_FACTOR (0.65) is the transient of loading a checkpoint on --resume: melvin.load
-maps the file and copies its records before the graph is built, peaking near 1.6 x memory_bytes
-(measured: a 552 MB graph loads at 853 MB peak RSS). The budget is fixed when training starts and
-saved in the brain, so it must leave room for a later resume. The graph prunes itself whenever it
-reaches its budget, so training never stops for memory. --graph-memory sets the graph
-budget directly instead. Episodes longer than --max-episode (128M) are cut into pieces; one episode
-buffer of up to that size comes on top of the budget.
+chunks, and RESUME_FACTOR (0.4) is the transient of loading a checkpoint on --resume: melvin.load
+maps the file and decodes its records into the graph's tables, peaking near 1.3 x memory_bytes
+(tools/bench_load.py: a 553 MB graph loads at 700 MB peak RSS, a 1.3 GB one at 1706 MB, the
+interpreter included; 0.65 was needed while loading copied every record field first). The
+budget is fixed when training starts and saved in the brain, so it must leave room for a later
+resume. The graph prunes itself whenever it reaches its budget, so training never stops for
+memory. --graph-memory sets the graph budget directly instead. Episodes longer than
+--max-episode (128M) are cut into pieces; one episode buffer of up to that size comes on top of
+the budget.
 
 Checkpoints. Every --checkpoint-every bytes of input (default 64M; 0 = only at the end), at the first
 episode boundary at or past each multiple, the brain is saved atomically to --out and the position
@@ -55,7 +57,7 @@ from melvin.limits import parse_size
 log = logging.getLogger("melvin.train")
 
 FIXED_OVERHEAD = 64 << 20
-RESUME_FACTOR = 0.65
+RESUME_FACTOR = 0.4
 MANIFEST_FORMAT = "melvin-train-manifest"
 MANIFEST_VERSION = 1
 DEFAULT_CHECKPOINT_EVERY = 64 << 20
