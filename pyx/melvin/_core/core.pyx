@@ -803,6 +803,25 @@ cdef class Core:
                 raise InvariantError(f"trie state {s} names a missing node")
             if g.trie[s].parent != NONE and g.trie[s].parent >= s:
                 raise InvariantError(f"trie state {s} parent is not earlier")
+        # every state is on its parent's child list, and `branching` says whether a list has two
+        # or more (the walk trusts it: a wrong flag would skip a child)
+        kids_arr = np.zeros(g.n_trie, dtype=np.uint32)
+        cdef uint32_t[::1] kids = kids_arr
+        for s in range(g.n_trie):
+            if g.trie[s].parent != NONE:
+                kids[g.trie[s].parent] += 1
+        for s in range(g.n_trie):
+            j = 0
+            v = g.trie[s].first_child
+            while v != NONE and j <= kids[s]:
+                if v >= g.n_trie or g.trie[v].parent != s:
+                    raise InvariantError(f"trie state {s} lists a child that is not its own")
+                j += 1
+                v = g.trie[v].next_sibling
+            if j != kids[s] or v != NONE:
+                raise InvariantError(f"trie state {s} child list does not hold its {kids[s]} children")
+            if g.trie[s].branching != (kids[s] >= 2):
+                raise InvariantError(f"trie state {s} branching flag is wrong")
         return self._check_contexts_and_edges(True, probes)
 
     cdef _check_contexts_and_edges(self, bint lists, bint probes):
@@ -1126,3 +1145,4 @@ cdef class Core:
             raise CorruptBrainError(f"edge {edges_done[0]} repeats an earlier edge")
         if trie_ok < 0:
             raise CorruptBrainError("trie capacity too small for the payloads")
+

@@ -271,22 +271,18 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
         if state == 0 and port == 0:
             state = 1 + data[j]          # text-port bytes: states 1..256 are laid out at init
         else:
-            # Deep in long payloads most states have one child: reading it directly is one cache
-            # miss where the index costs two (slot, then record); a leaf needs no probe at all.
-            # Near the root states have many children, so the index is asked first there.
+            # A state with one child: reading it is one cache miss where the index costs two
+            # (slot, then record), and a leaf needs no probe at all. A branching state's first
+            # child is rarely the one wanted (it is the newest), so the index is asked at once.
             child = g.trie[state].first_child
             if child == NONE:
                 break
-            if j < 2:                    # near the root states have many children: use the index
+            if g.trie[state].branching:
                 child = trie_child(g, state, data[j])
                 if child == NONE:
                     break
             elif g.trie[child].byte != data[j]:
-                if g.trie[child].next_sibling == NONE:
-                    break
-                child = trie_child(g, state, data[j])
-                if child == NONE:
-                    break
+                break
             state = child
         if g.trie[state].node != NONE:
             best = g.trie[state].node

@@ -287,7 +287,7 @@ cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
     return e
 
 
-cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint32_t byte) noexcept nogil:
+cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint8_t byte) noexcept nogil:
     cdef uint32_t s = g.n_trie
     g.trie[s].parent = parent
     g.trie[s].byte = byte
@@ -295,9 +295,12 @@ cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint32_t byte) noexcept nogi
     g.trie[s].agg = 0
     g.trie[s].first_child = NONE
     g.trie[s].next_sibling = NONE
+    g.trie[s].branching = 0
     g.n_trie += 1
     if parent != NONE:
         _ix_put(&g.trie_ix, trie_hash(parent, byte), s)
+        if g.trie[parent].first_child != NONE:
+            g.trie[parent].branching = 1
         g.trie[s].next_sibling = g.trie[parent].first_child
         g.trie[parent].first_child = s
     return s
