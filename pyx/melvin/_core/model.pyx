@@ -6,7 +6,7 @@ from libc.stdlib cimport malloc, realloc, free
 cdef extern from "stdlib.h" nogil:
     void qsort_r(void* base, size_t nmemb, size_t size,
                  int (*compar)(const void*, const void*, void*) noexcept nogil, void* arg)
-from melvin._core.store cimport (ExclC, ExclSlotC, trie_child, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
+from melvin._core.store cimport (ExclC, ExclSlotC, trie_step, append_marker, reserve_nodes, reserve_ctxs, reserve_edges, reserve_trie, append_node,
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
                                  node_find, trie_sum_aggregates, ctx_find_many,
@@ -507,7 +507,7 @@ cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil:
         return False
     nu = &g.nodes[u]
     for j in range(nu.payload_len):
-        s = trie_child(g, s, g.arena[nu.payload_off + j])
+        s = trie_step(g, s, g.arena[nu.payload_off + j])
         if s == NONE:
             return False
         if g.trie[s].node != NONE:
@@ -734,7 +734,7 @@ cdef inline uint32_t _unit0(GraphC* g, uint32_t u) noexcept nogil:
     cdef NodeC* nd = &g.nodes[u]
     if nd.payload_len == 0:
         return 0x80000000u | u
-    return trie_child(g, g.port_root[nd.port], g.arena[nd.payload_off])
+    return trie_step(g, g.port_root[nd.port], g.arena[nd.payload_off])
 
 
 cdef inline uint32_t _seen_mask(uint32_t distinct) noexcept nogil:
@@ -789,7 +789,7 @@ cdef void _spell_walk(GraphC* g, uint32_t ci, uint32_t v, uint64_t* ex, uint8_t 
         if nu.port != nv.port:            # a first byte on another port: one unit per state
             st[0].n += c
             ruled_out = nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1
-            if _seen_add(seen, seen_mask, trie_child(g, g.port_root[nu.port], nu.first)):
+            if _seen_add(seen, seen_mask, trie_step(g, g.port_root[nu.port], nu.first)):
                 st[0].d += 1
                 others = True
                 if ruled_out:
@@ -955,7 +955,7 @@ cdef bint _dead(GraphC* g, uint32_t s, uint32_t t) noexcept nogil:
         return False                      # no such prefix on v's side, or its own token is fine
     ch = g.trie[s].first_child
     while ch != NONE:
-        tc = trie_child(g, t, g.trie[ch].byte)
+        tc = trie_step(g, t, g.trie[ch].byte)
         if tc == NONE or (g.trie[tc].node == NONE and not _dead(g, ch, tc)):
             return False
         ch = g.trie[ch].next_sibling
@@ -973,7 +973,7 @@ cdef inline void _ruled_out(GraphC* g, uint32_t ta, uint32_t root, bint deep,
         return
     ch = g.trie[ta].first_child
     while ch != NONE:
-        if g.trie[ch].node != NONE or (deep and _dead(g, trie_child(g, root, g.trie[ch].byte), ch)):
+        if g.trie[ch].node != NONE or (deep and _dead(g, trie_step(g, root, g.trie[ch].byte), ch)):
             ex[g.trie[ch].byte >> 6] |= (<uint64_t>1) << (g.trie[ch].byte & 63)
         ch = g.trie[ch].next_sibling
 
@@ -1068,11 +1068,11 @@ cdef double prob_spelled(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint3
         if i == L:
             p_t[i] = (nv.count + 1.0) / agg
         else:
-            ts = trie_child(g, ts, g.arena[nv.payload_off + i])
+            ts = trie_step(g, ts, g.arena[nv.payload_off + i])
             p_t[i] = g.trie[ts].agg / agg
         p_x[i] = _ruled_out_mass(g, root, ex + 4 * i, agg)
         if ta != NONE:
-            ta = trie_child(g, ta, g.arena[nv.payload_off + i]) \
+            ta = trie_step(g, ta, g.arena[nv.payload_off + i]) \
                 if i < L and ex_port == nv.port else NONE
     # Each context, least specific first, mixes its counts into every step.
     for k in range(m):
@@ -1134,11 +1134,11 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
         return -1
     ta = g.nodes[a].state if a != STOP and g.nodes[a].payload_len > 0 else NONE
     for i in range(len_p):
-        ts = trie_child(g, ts, pfx[i])
+        ts = trie_step(g, ts, pfx[i])
         if ts == NONE:
             return -1
         if ta != NONE:
-            ta = trie_child(g, ta, pfx[i]) if ex_port == port else NONE
+            ta = trie_step(g, ta, pfx[i]) if ex_port == port else NONE
             if ta != NONE and g.trie[ta].node != NONE:
                 return -1
     _ruled_out(g, ta, ts, len_p > 0, ex)
@@ -1214,7 +1214,7 @@ cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t po
                         if u == STOP:
                             cnt[256] += c
                         continue
-                    if _seen_add(seen, seen_mask, trie_child(g, g.port_root[nu.port], nu.first)):
+                    if _seen_add(seen, seen_mask, trie_step(g, g.port_root[nu.port], nu.first)):
                         d += 1
                         if nu.port == ex_port and (ex[nu.first >> 6] >> (nu.first & 63)) & 1:
                             ex_items += 1

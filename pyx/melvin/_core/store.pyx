@@ -322,7 +322,7 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
         g.port_root[n.port] = state
     g.trie[state].agg += weight
     for j in range(n.payload_len):
-        child = trie_child(g, state, p[j])
+        child = trie_step(g, state, p[j])
         if child == NONE:
             child = _trie_new(g, state, p[j])
         state = child
@@ -367,7 +367,7 @@ cdef int trie_build(GraphC* g) noexcept nogil:
                 state = _trie_new(g, NONE, n.port)
                 g.port_root[n.port] = state
         for j in range(start, n.payload_len):
-            child = trie_child(g, state, p[j])
+            child = trie_step(g, state, p[j])
             if child == NONE:
                 if g.n_trie >= g.cap_trie or (g.trie_ix.filled + 2) * 4 > g.trie_ix.capacity * 3 + 4:
                     return -1
