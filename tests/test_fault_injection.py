@@ -84,9 +84,15 @@ def test_feed_fault_sweep(lines):
     assert raised >= 10
 
 
-def test_feed_fault_sweep_small_budget(wiki_lines):
+# At the cap, growth is cut to what the budget still allows (_grow's second allocation): which
+# table reaches that branch depends on the budget and the struct sizes, so several are swept.
+SMALL_BUDGETS = ("80K", "96K", "128K", "192K")
+
+
+@pytest.mark.parametrize("budget", SMALL_BUDGETS)
+def test_feed_fault_sweep_small_budget(wiki_lines, budget):
     """Faults while training at the memory cap, where feeding prunes (faults hit pruning too)."""
-    lim = melvin.Limits(max_memory="128K")
+    lim = melvin.Limits(max_memory=budget)
     lines = wiki_lines[:40]
     ref, _ = _clean_run(lines, lim)
     assert ref.stats()["prunes"] > 0
@@ -282,7 +288,8 @@ def test_sweeps_cover_allocation_sites(lines, wiki_lines):
     distinct chain of callers into the allocator, e.g. growing the edge table from a feed)."""
     with _site_trace():
         _sweep_feeds(lines)
-        _sweep_feeds(wiki_lines[:40], melvin.Limits(max_memory="128K"))
+        for budget in SMALL_BUDGETS:
+            _sweep_feeds(wiki_lines[:40], melvin.Limits(max_memory=budget))
         test_fault_on_new_port(lines)
         test_prune_under_faults(wiki_lines)
         test_load_fault_sweep(lines)

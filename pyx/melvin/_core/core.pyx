@@ -1184,3 +1184,4 @@ cdef class Core:
         if trie_ok < 0:
             raise CorruptBrainError("trie capacity too small for the payloads")
 
+

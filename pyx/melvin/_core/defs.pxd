@@ -64,7 +64,8 @@ cdef struct EdgeC:
     uint16_t stamp         # coarse time of last use (tokens learned >> 16)
 
 
-# A payload-trie state; children are found through the trie index keyed by (state, byte).
+# A payload-trie state; children are found through the trie index, keyed by the state's whole
+# prefix (trie_key), so a walk along known bytes can ask for every depth's slot at once.
 cdef struct TrieC:
     uint32_t agg           # sum of (count + 1) over the nodes at or below this state (counts are
                            # aged before total_count + nodes can reach 2**32, so it cannot wrap)
@@ -72,7 +73,8 @@ cdef struct TrieC:
     uint32_t node          # node whose payload ends here (NONE if none)
     uint32_t first_child   # children as a linked list, to enumerate what extends a prefix
     uint32_t next_sibling
-    uint8_t byte
+    uint32_t hash          # trie_roll over the prefix from the port's root (whose hash names the port)
+    uint8_t byte           # the last byte of the prefix (a root: its port)
     uint8_t branching      # two or more children: the walk asks the index instead of reading the
                            # first child, which is the right one only ~5% of the time there
 
@@ -143,8 +145,19 @@ cdef inline uint64_t edge_hash(uint32_t ctx, uint32_t dst) noexcept nogil:
     return fmix64((<uint64_t>ctx << 32) | dst)
 
 
-cdef inline uint64_t trie_hash(uint32_t state, uint32_t byte) noexcept nogil:
-    return fmix64(((<uint64_t>state << 8) | byte) ^ <uint64_t>0x6a09e667f3bcc909ULL)
+cdef inline uint32_t trie_root_hash(uint8_t port) noexcept nogil:
+    return (port + 1u) * 0x9e3779b9u
+
+
+cdef inline uint32_t trie_roll(uint32_t h, uint8_t byte) noexcept nogil:
+    """The hash of a prefix extended by one byte. 32 bits: equal hashes cost a probe, not a wrong
+    answer (lookups check the state's parent and byte)."""
+    return h * 0x01000193u + byte + 1u
+
+
+cdef inline uint64_t trie_key(uint32_t h) noexcept nogil:
+    """Index key of the trie state whose prefix hash is h."""
+    return fmix64(h ^ <uint64_t>0x6a09e667f3bcc909ULL)
 
 
 cdef inline uint64_t ctx_key_from_poly(uint64_t h, uint32_t n, bint from_start) noexcept nogil:

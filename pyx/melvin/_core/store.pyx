@@ -79,7 +79,7 @@ cdef inline uint64_t _ix_hash(GraphC* g, int kind, uint32_t v) noexcept nogil:
         return ctx_key(&g.ctxs[v])
     if kind == 2:
         return edge_hash(g.edges[v].ctx, g.edges[v].dst)
-    return trie_hash(g.trie[v].parent, g.trie[v].byte)
+    return trie_key(g.trie[v].hash)
 
 
 cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
@@ -297,8 +297,11 @@ cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint8_t byte) noexcept nogil
     g.trie[s].next_sibling = NONE
     g.trie[s].branching = 0
     g.n_trie += 1
-    if parent != NONE:
-        _ix_put(&g.trie_ix, trie_hash(parent, byte), s)
+    if parent == NONE:
+        g.trie[s].hash = trie_root_hash(byte)     # a root: the empty prefix of port `byte`
+    else:
+        g.trie[s].hash = trie_roll(g.trie[parent].hash, byte)
+        _ix_put(&g.trie_ix, trie_key(g.trie[s].hash), s)
         if g.trie[parent].first_child != NONE:
             g.trie[parent].branching = 1
         g.trie[s].next_sibling = g.trie[parent].first_child
