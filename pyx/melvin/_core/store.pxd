@@ -263,13 +263,18 @@ cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint8_t byte) noexcep
 # cache miss where the index costs two (slot, then record), and a leaf needs no probe at all. A
 # branching state's first child is rarely the one wanted (the newest: 5.5% of branching steps of
 # the greedy walk on big.txt), so the index is asked at once.
-cdef inline uint32_t trie_step(GraphC* g, uint32_t state, uint8_t byte) noexcept nogil:
+cdef inline uint32_t _trie_step_keyed(GraphC* g, uint32_t state, uint8_t byte, uint64_t key) noexcept nogil:
+    """trie_step, given the child's index key."""
     cdef uint32_t child = g.trie[state].first_child
     if child == NONE:
         return NONE
     if g.trie[state].branching:
-        return trie_child(g, state, byte)
+        return _trie_probe(g, key, state, byte)
     return child if g.trie[child].byte == byte else NONE
+
+
+cdef inline uint32_t trie_step(GraphC* g, uint32_t state, uint8_t byte) noexcept nogil:
+    return _trie_step_keyed(g, state, byte, trie_key(trie_roll(g.trie[state].hash, byte)))
 
 
 cdef enum:
@@ -284,40 +289,31 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
     depths are prefetched together, so the walk waits on memory about once per WALK_AHEAD
     bytes instead of twice per byte."""
     cdef uint32_t state = g.port_root[port]
-    cdef uint32_t best = NONE, child
+    cdef uint32_t best = NONE, h
     cdef size_t j, k, ahead = 0
     cdef size_t limit = n if n < g.max_payload else g.max_payload
-    cdef uint32_t h, h2
     cdef uint64_t keys[WALK_AHEAD]
     length[0] = 0
     if state == NONE:
         return NONE
-    h = g.trie[state].hash
     for j in range(limit):
-        if j == ahead and g.trie_ix.capacity:
+        if j == ahead:
             # keys (and slots) of depths j .. j + WALK_AHEAD - 1
-            h2 = h
+            h = g.trie[state].hash
             k = 0
             while k < WALK_AHEAD and j + k < limit:
-                h2 = trie_roll(h2, data[j + k])
-                keys[k] = trie_key(h2)
-                prefetch(&g.trie_ix.slots[fastrange(keys[k], g.trie_ix.capacity)])
+                h = trie_roll(h, data[j + k])
+                keys[k] = trie_key(h)
+                if g.trie_ix.capacity:
+                    prefetch(&g.trie_ix.slots[fastrange(keys[k], g.trie_ix.capacity)])
                 k += 1
             ahead = j + WALK_AHEAD
-        h = trie_roll(h, data[j])
         if state == 0 and port == 0:
             state = 1 + data[j]          # text-port bytes: states 1..256 are laid out at init
         else:
-            child = g.trie[state].first_child
-            if child == NONE:
+            state = _trie_step_keyed(g, state, data[j], keys[j + WALK_AHEAD - ahead])
+            if state == NONE:
                 break
-            if g.trie[state].branching:
-                child = _trie_probe(g, keys[j + WALK_AHEAD - ahead], state, data[j])
-                if child == NONE:
-                    break
-            elif g.trie[child].byte != data[j]:
-                break
-            state = child
         if g.trie[state].node != NONE:
             best = g.trie[state].node
             length[0] = <uint32_t>(j + 1)
