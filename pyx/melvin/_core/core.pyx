@@ -43,7 +43,8 @@ def _join_all_the_way(thread):
 
 # Loading decodes and indexes the edges on a second thread while this one indexes the nodes and
 # contexts and builds the trie; the first done links the successor lists (disjoint fields, no
-# allocation). Once a brain has this many edges: below it a thread costs more than it saves. A module global so tests can lower it.
+# allocation). Once a brain has this many edges: below it a thread costs more than it saves.
+# A module global so tests can lower it.
 PARALLEL_LOAD_EDGES = 1 << 20
 
 
@@ -1183,5 +1184,3 @@ cdef class Core:
             raise CorruptBrainError(f"edge {edges_done[1]} repeats an earlier edge")
         if trie_ok < 0:
             raise CorruptBrainError("trie capacity too small for the payloads")
-
-
