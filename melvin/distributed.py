@@ -1220,7 +1220,8 @@ def run_from_args(args) -> int:
             # their sum still fit one worker)
             from melvin.train import graph_budget as single_budget
             final_memory = max(budget, single_budget(process))
-        limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False))
+        limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False),
+                        byte_context=g("byte_context", None))
 
         def progress(done, total, what):
             nonlocal bar

@@ -52,7 +52,7 @@ import time
 
 from melvin.errors import MelvinError
 from melvin.inputs import DEFAULT_MAX_EPISODE, SPLITS, InputError, Reader, collect_sources, fingerprint
-from melvin.limits import parse_size
+from melvin.limits import Limits, parse_size
 
 log = logging.getLogger("melvin.train")
 
@@ -105,6 +105,20 @@ def _size_arg(name, allow_zero=False):
     return parse
 
 
+def byte_context_arg(text):
+    """--byte-context: comma-separated lengths ("2,4"; "" for none), checked as Limits checks them."""
+    try:
+        lengths = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated lengths such as 2,4, got "
+                                         f"{text!r}") from None
+    try:
+        Limits(byte_context=lengths)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return lengths
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="melvin train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="learn every byte as its own token (Limits(hierarchy=False)): the best "
                          "bits per byte, at about a fifth of the speed and with far more memory "
                          "per input byte")
+    ap.add_argument("--byte-context", type=byte_context_arg, default=None, metavar="N,N,...",
+                    help="byte-suffix context lengths (Limits.byte_context; default 2,4,24, "
+                         "bytewise 2,3,4,5,6,8,12,24). '2,4' trains faster in less memory "
+                         "(big.txt at --max-memory 1G: 4.7 against 3.7 MB/s, 1 prune against 2, "
+                         "held-out 1.862 against 1.874 bits/byte), but without the 24-byte "
+                         "context a sentence seen once is not recalled")
     ap.add_argument("--checkpoint-every", type=_size_arg("--checkpoint-every", allow_zero=True),
                     default=None,
                     help="checkpoint every N input bytes (64M; 0 = only at the end)")
@@ -419,6 +439,10 @@ class Trainer:
             if args.bytewise and self.graph.limits.hierarchy:
                 raise TrainError("--bytewise: the checkpoint was trained with hierarchy; refusing "
                                  "to resume (omit --bytewise, or start a new brain)")
+            if args.byte_context is not None and args.byte_context != self.graph.limits.byte_context:
+                raise TrainError(f"--byte-context: the checkpoint was trained with byte contexts "
+                                 f"{self.graph.limits.byte_context}; refusing to resume (omit the "
+                                 f"option to keep the checkpoint's)")
             if want is not None and want != self.graph.limits.max_memory:
                 raise TrainError(f"the checkpoint's graph budget is {self.graph.limits.max_memory} "
                                  f"bytes; the given memory option asks for {want}: refusing to resume "
@@ -458,8 +482,8 @@ class Trainer:
                 budget = parse_size(args.graph_memory, "--graph-memory")
             else:
                 budget = graph_budget(args.max_memory if args.max_memory is not None else "80%")
-            self.graph = melvin.Graph(melvin.Limits(max_memory=budget,
-                                                    hierarchy=not args.bytewise), seed=args.seed)
+            self.graph = melvin.Graph(melvin.Limits(max_memory=budget, hierarchy=not args.bytewise,
+                                                    byte_context=args.byte_context), seed=args.seed)
             try:
                 os.unlink(self.manifest_path)       # a stale manifest must not pair with the new brain
             except FileNotFoundError:

@@ -436,6 +436,23 @@ def test_bytewise_trains_one_byte_tokens_and_resumes(tmp_path):
     assert p.returncode == 1 and b"--bytewise" in p.stderr and b"Traceback" not in p.stderr
 
 
+def test_byte_context_option_sets_the_limits_and_must_match_on_resume(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(make_text(60_000, seed=9))
+    out = tmp_path / "b.mlv"
+    s = train_json(path, "--out", out, "--graph-memory", "64M", "--byte-context", "2,4",
+                   "--limit-bytes", "20000")
+    assert s["stopped"] == "limit"
+    assert melvin.load(out).limits.byte_context == (2, 4)
+    p = train(path, "--out", out, "--resume", "--byte-context", "2,4,24", "--quiet", check=False)
+    assert p.returncode == 1 and b"--byte-context" in p.stderr and b"Traceback" not in p.stderr
+    s = train_json(path, "--out", out, "--resume", "--byte-context", "2,4")
+    assert s["stopped"] == "complete" and melvin.load(out).limits.byte_context == (2, 4)
+    for bad in ("4,2", "2,x", "0"):
+        p = train(path, "--out", tmp_path / "c.mlv", "--byte-context", bad, check=False)
+        assert p.returncode == 2 and b"--byte-context" in p.stderr and b"Traceback" not in p.stderr
+
+
 # --- refused resumes and bad inputs -------------------------------------------------------------
 
 def test_changed_input_is_refused(tmp_path):
