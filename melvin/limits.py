@@ -100,8 +100,8 @@ class Limits:
         it, where tokens are bytes, induction heads of 3, 6, 12, 24... bytes. They carry what the
         text at hand is about, which the graph's contexts cannot: held-out bits per byte on wiki
         2.305 -> 2.256 (bytewise 2.093 -> 2.055), on big.txt (88 MB, a 582 MiB graph)
-        1.890 -> 1.858, and scoring ~5-15% slower; nothing learned, nothing stored. Not in generation: next-word
-        recall stayed 0.935 and generation precision 0.0711 with them.
+        1.890 -> 1.858, and scoring ~5-15% slower; nothing learned, nothing stored. Not in
+        generation: next-word recall stayed 0.935 and generation precision 0.0711 with them.
     max_heads: attention heads; 0 is attention=False. Two (copy + order 1; bytewise 3 and 6
         bytes) give all of it: the copy head alone 2.2776 on wiki, two 2.2557, four 2.2556; on
         big.txt (16 MB) one 1.9896, two 1.9851, four 1.9855.

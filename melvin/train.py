@@ -51,6 +51,7 @@ import sys
 import time
 
 from melvin.errors import MelvinError
+from melvin.graph import PORT_TEXT
 from melvin.inputs import DEFAULT_MAX_EPISODE, SPLITS, InputError, Reader, collect_sources, fingerprint
 from melvin.limits import Limits, parse_size
 
@@ -551,7 +552,7 @@ class Trainer:
                 try:
                     for episode in reader:
                         try:
-                            feed(episode, 0)
+                            feed(episode, PORT_TEXT)
                         except MelvinError as exc:
                             failed += 1
                             log.warning("episode %d of %s not learned: %s", self.episodes_total,

@@ -304,7 +304,8 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
             while k < WALK_AHEAD and j + k < limit:
                 h = trie_roll(h, data[j + k])
                 keys[k] = trie_key(h)
-                if g.trie_ix.capacity:
+                # (the text root's children are laid out at init: their depth needs no probe)
+                if g.trie_ix.capacity and (j + k != 0 or state != 0):
                     prefetch(&g.trie_ix.slots[fastrange(keys[k], g.trie_ix.capacity)])
                 k += 1
             ahead = j + WALK_AHEAD

@@ -174,7 +174,7 @@ cdef uint64_t _ix_capacity_for(uint64_t n) noexcept nogil:
 cdef int _ix_reserve(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t need) noexcept nogil:
     cdef uint64_t new_cap
     cdef uint32_t* fresh
-    if ix.capacity != 0 and need * 4 <= ix.capacity * 3:
+    if _ix_room(ix, need):
         return 0                          # load stays at or below 0.75
     new_cap = _ix_capacity_for(need)
     if new_cap < ix.capacity + ix.capacity // 2:
