@@ -109,6 +109,7 @@ def limits_from(r: Bytes) -> melvin.Limits:
         # one-byte token context interleaved with the byte contexts)
         hierarchy=(b[5] & 0xC0) != 0xC0,
         max_heads=(b[5] >> 3) & 7,                  # 0: attention off
+        word_tokens=(b[1] & 1) == 0,
     )
 
 

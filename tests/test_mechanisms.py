@@ -1,6 +1,7 @@
 """Behaviour tests for the mechanisms beyond the core scenarios: attention over the episode,
 cross-modal recall, temporal queries, confidence and adaptive stopping."""
 import random
+import re
 
 import pytest
 
@@ -29,14 +30,24 @@ def attending(wiki_lines, request):
 
 def test_attention_recalls_a_new_name_from_earlier_in_the_episode(attending):
     """A name training never saw: after its first mention, the induction heads (what followed
-    "Mount " earlier in this text) predict it again; the graph alone cannot."""
+    "Mount" earlier in this text) predict it again; the graph alone cannot."""
     on, off = attending[True], attending[False]
-    prompt = b"Mount Zorbatu is a volcano. Many people climb Mount "
-    assert on.predict(prompt, k=1)[0][0] == b"Z"
-    assert b"Z" not in [tok for tok, _ in off.predict(prompt, k=3)]
-    z = ord("Z")                                       # the byte's node id
+    text = b"Mount Zorbatu is a volcano. Many people climb Mount Zorbatu every year."
+    # The prompt ends where the model's own segmentation starts the second "Zorbatu" (" Z" with
+    # word patterns, "Z" bytewise), and the name's first token is what the heads must predict.
+    second = text.rindex(b"Zorbatu")
+    pos, cut, z = 0, None, None
+    for v, *_ in on._core.score_detail(text):
+        payload = on._core.node_payload(v)
+        if pos <= second < pos + len(payload):
+            cut, z = pos, v
+            break
+        pos += len(payload)
+    prompt, name = text[:cut], on._core.node_payload(z)
+    assert name.lstrip().startswith(b"Z")
+    assert on.predict(prompt, k=1)[0][0] == name
+    assert name not in [tok for tok, _ in off.predict(prompt, k=3)]
     assert on._core.distribution(prompt)[z] > 100 * off._core.distribution(prompt)[z]
-    text = prompt + b"Zorbatu every year."
     assert on.score_bits(text) < 0.9 * off.score_bits(text)
 
 
@@ -109,6 +120,53 @@ def test_associate_rejects_bad_streams():
         g.associate({300: b"x"})
 
 
+# One word: an optional leading space, then letters (bytes >= 0x80 count as letters), or other
+# symbols; a digit stands alone (after an optional space).
+_WORD = re.compile(rb"^ ?(?:[A-Za-z\x80-\xff]+|[^ A-Za-z0-9\x80-\xff]+|[0-9])$")
+
+
+def _patterns(g, port=melvin.PORT_TEXT):
+    core = g._core
+    return [p for v, p in ((v, core.node_payload(v)) for v in range(g.stats()["nodes"]))
+            if len(p) > 1 and core.node_port(v) == port]
+
+
+def test_text_patterns_stay_within_one_word(wiki_lines):
+    words = melvin.Graph()
+    free = melvin.Graph(melvin.Limits(word_tokens=False))
+    special = b"In 1987, 12,000 people -- a record -- came. Caf\xc3\xa9s!"
+    for line in wiki_lines[:500] + [special] * 12:
+        words.feed(line)
+        free.feed(line)
+    patterns = _patterns(words)
+    assert len(patterns) > 1000
+    assert [p for p in patterns if not _WORD.match(p)] == []
+    assert {b" people", b" record", b" Caf\xc3\xa9s", b" 1", b" --"} <= set(patterns)
+    assert sum(not _WORD.match(p) for p in _patterns(free)) > 1000      # "e the", "s of t", ...
+    words.check()
+
+
+def test_word_patterns_are_text_port_only():
+    """Binary streams on other ports fuse freely: a recurring 16-byte pattern with spaces and
+    digits in it becomes one token there."""
+    blob = b"ab 12 cd 34 ef 5"
+    g = melvin.Graph()
+    for _ in range(40):
+        g.feed(blob, port=melvin.PORT_SENSOR)
+        g.feed(blob)
+    assert blob in _patterns(g, melvin.PORT_SENSOR)
+    assert all(_WORD.match(p) for p in _patterns(g))
+
+
+def test_word_tokens_limit_validated_and_saved(tmp_path):
+    with pytest.raises(ValueError):
+        melvin.Limits(word_tokens=1)
+    g = melvin.Graph(melvin.Limits(word_tokens=False))
+    g.feed(b"the cat sat")
+    g.save(tmp_path / "free.mlv")
+    assert melvin.load(tmp_path / "free.mlv").limits.word_tokens is False
+
+
 def test_temporal_after_and_before():
     g = melvin.Graph()
     for _ in range(15):
@@ -116,8 +174,9 @@ def test_temporal_after_and_before():
     after = g.after("first then")
     assert after and after[0][0].startswith(b" second")
     assert abs(sum(w for _, w in g.after("first then", k=100)) - 1.0) < 1e-9
-    before = g.before("second")
-    assert before and any(tok.endswith(b"then ") for tok, _ in before)
+    # word patterns carry their leading space: mid-text the word is " second", after " then"
+    before = g.before(" second")
+    assert before and before[0][0].endswith(b"then")
     assert g.after("never seen pattern zzz") == [] or all(w >= 0 for _, w in g.after("zzz"))
 
 

@@ -65,4 +65,5 @@ def test_generate_on_a_large_graph(big_graph):
         out = big_graph.generate(b"The ", max_bytes=256)
         assert len(out) <= 256
         big_graph.predict(b"The statement", k=5)
-    assert big_graph.stats()["nodes"] > 10000
+    # large in edges: with word patterns (Limits.word_tokens) its nodes stay near the word list's
+    assert big_graph.stats()["edges"] > 1_000_000

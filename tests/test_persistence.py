@@ -166,7 +166,7 @@ def test_round_trip_after_pruning(wiki_lines):
 def test_round_trip_medium_brain(wiki_lines):
     """A brain big enough that its payload trie has more than 4096 states must still load."""
     g = melvin.Graph()
-    for line in wiki_lines[:400]:
+    for line in wiki_lines[:800]:
         g.feed(line)
     assert g.stats()["trie_states"] > 4096
     g2 = loads(dumps(g))

@@ -149,7 +149,7 @@ cdef class Core:
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
                   uint32_t form_min_count, tuple byte_orders=(), uint32_t attention_heads=0,
-                  bint empty=False):
+                  bint word_tokens=False, bint empty=False):
         memset(&self.g, 0, sizeof(GraphC))
         store_init(&self.g)
         self.g.pool.cap = max_memory
@@ -163,6 +163,7 @@ cdef class Core:
         if attention_heads > 64:
             raise ValueError("attention_heads: at most 64")
         self.g.attn_heads = attention_heads
+        self.g.word_tokens = word_tokens
         if len(byte_orders) > 8 or list(byte_orders) != sorted(set(byte_orders)) or \
                 any(not 1 <= b <= 64 for b in byte_orders):
             raise ValueError("byte_orders: up to 8 distinct ascending lengths in [1, 64]")
@@ -172,7 +173,7 @@ cdef class Core:
         self.limits = dict(max_memory=max_memory, max_nodes=max_nodes, max_edges=max_edges,
                            max_payload=max_payload, max_levels=max_levels, context_len=context_len,
                            form_min_count=form_min_count, byte_orders=tuple(byte_orders),
-                           attention_heads=attention_heads)
+                           attention_heads=attention_heads, word_tokens=word_tokens)
         if not empty and graph_init(&self.g) < 0:
             self._raise("creating the base nodes")
 
@@ -346,13 +347,13 @@ cdef class Core:
             pos += length
         return ids
 
-    cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j, bint anchored=True):
-        """The trace the model would have after the first j prompt tokens: of an episode
-        (anchored), or of the same tokens met anywhere in a stream."""
+    cdef void _trace_at(self, TraceC* tr, list ids, Py_ssize_t j):
+        """The trace the model would have after the first j prompt tokens of an episode. Its
+        contexts are those of the same tokens met anywhere in a stream (byte suffixes, tokens)
+        and, where the prompt is shorter than a byte context, that context of the prompt as an
+        episode's start."""
         cdef Py_ssize_t i, first = j - <Py_ssize_t>ATTN_WINDOW
         trace_reset(tr)
-        if not anchored and j > 0:
-            tr.n = 0
         if first < 0:
             first = 0
         for i in range(first, j):
@@ -426,9 +427,13 @@ cdef class Core:
         return 2.0 ** (-(<uint16_t>(now - stamp)) / 64.0)
 
     def after(self, const uint8_t[::1] pattern, int k=5, int port=0):
-        """What usually follows the pattern, met anywhere in a stream: the continuations learned
-        patterns give its tail (as generation's first step sees them), weighted by probability
-        and the recency of their edges, normalised to sum to 1."""
+        """What usually follows the pattern: the continuations learned patterns give its tail (as
+        generation's first step sees them), weighted by probability and the recency of their
+        edges, normalised to sum to 1. The pattern is read as prompts are (_trace_at): met
+        anywhere in a stream, and also as an episode's start when it began some. With update
+        exclusion a pattern that always begins its episodes teaches only its from-the-start
+        context, so "first then" (learned at the start of "first then second then third") was
+        answered by " then"'s three successors alike when read mid-stream only."""
         cdef TraceC tr
         cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m, e, i
@@ -437,9 +442,10 @@ cdef class Core:
         if self.g.port_root[<uint8_t>port] == NONE or n == 0:
             return []
         ids = self._parse(&pattern[0], n, <uint8_t>port, starts)
-        cand, rest_len = self._heal(&tr, pattern, ids, starts, <uint8_t>port, False)
+        # strict: a token spelling exactly the pattern's tail would continue it with nothing
+        cand, rest_len = self._heal(&tr, pattern, ids, starts, <uint8_t>port, True)
         if not cand:
-            self._trace_at(&tr, ids, len(ids), False)
+            self._trace_at(&tr, ids, len(ids))
             m = trace_contexts(&self.g, &tr, cis)
             cand = {d: pr for d, pr in self._candidates(&tr, cis, m, <uint8_t>port).items()
                     if d != STOP}
@@ -568,11 +574,11 @@ cdef class Core:
         return dist
 
     cdef tuple _heal(self, TraceC* tr, const uint8_t[::1] prompt, list ids, list starts,
-                     uint8_t port, bint anchored):
+                     uint8_t port, bint strict=False):
         """Re-read the prompt's tail: for the earliest token boundary whose remaining bytes
-        (at most max_payload) some observed successor extends, return those successors with
-        their probabilities and the length of the remainder; tr is left at that boundary.
-        ({}, 0) if no learned pattern continues the tail."""
+        (at most max_payload) some observed successor extends (strict: by at least one byte),
+        return those successors with their probabilities and the length of the remainder; tr is
+        left at that boundary. ({}, 0) if no learned pattern continues the tail."""
         cdef uint32_t cis[MAX_CONTEXT + 8]
         cdef uint32_t m
         cdef Py_ssize_t j, n = prompt.shape[0]
@@ -580,10 +586,11 @@ cdef class Core:
                                                    if n > <Py_ssize_t>self.g.max_payload else 0)
         for j in range(first, len(ids)):
             rest = bytes(prompt[starts[j]:])
-            self._trace_at(tr, ids, j, anchored)
+            self._trace_at(tr, ids, j)
             m = trace_contexts(&self.g, tr, cis)
             cand = {d: pr for d, pr in self._candidates(tr, cis, m, port).items()
-                    if d != STOP and self._payload(d).startswith(rest)}
+                    if d != STOP and self._payload(d).startswith(rest) and
+                    (not strict or self.g.nodes[d].payload_len > len(rest))}
             if cand:
                 return cand, len(rest)
         return {}, 0
@@ -618,7 +625,7 @@ cdef class Core:
             healed = True
             ntok = 0                      # no healing across ports
         if ntok:
-            cand, rest_len = self._heal(&tr, prompt, ids, starts, <uint8_t>port, True)
+            cand, rest_len = self._heal(&tr, prompt, ids, starts, <uint8_t>port)
             if cand:
                 best, bp = min(cand.items(), key=lambda kv: (-kv[1], self._tie_key(kv[0])))
                 out += self._payload(best)[rest_len:]
@@ -676,6 +683,11 @@ cdef class Core:
         if v >= self.g.n_nodes:
             raise IndexError(v)
         return self._payload(v)
+
+    def node_port(self, uint32_t v):
+        if v >= self.g.n_nodes:
+            raise IndexError(v)
+        return self.g.nodes[v].port
 
     def stats(self):
         cdef uint32_t v

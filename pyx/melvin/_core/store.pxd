@@ -60,6 +60,7 @@ cdef struct GraphC:
     uint32_t n_byte_orders
     uint32_t byte_orders[8]        # lengths of the byte-suffix contexts, ascending
     uint32_t attn_heads            # attention heads over the episode's tokens (0: off)
+    uint32_t word_tokens           # text-port patterns stay within one word (see _splits_words)
     # counters
     uint64_t total_count           # sum of node counts (order-0 normaliser)
     uint64_t bytes_fed
