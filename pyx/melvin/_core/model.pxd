@@ -13,11 +13,13 @@ cdef struct TraceC:
     uint32_t pending               # token being learned; protected and remapped by pruning
     uint32_t n_seen                # tokens pushed since the episode began
     uint32_t seen[ATTN_WINDOW]
+    uint8_t kinds[MAX_CONTEXT + 8] # smoothing kind of each context trace_contexts found (KIND_*)
 
 
 cdef void trace_reset(TraceC* t) noexcept nogil
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil
-# Context index of every order (NONE where unseen); returns the number of orders.
+# Context index of every order (NONE where unseen), their kinds in t.kinds; returns the number of
+# orders.
 cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil
 
 cdef int graph_init(GraphC* g) noexcept nogil
@@ -35,10 +37,19 @@ cdef struct SmoothC:
     double det_discount
     double det_strength
 
-cdef SmoothC SMOOTH_SCORE       # calibrated probabilities: predict, score
+# Scoring's parameters depend on the kind of context (see model.pyx).
+cdef enum:
+    KIND_SHORT = 0                 # byte contexts of up to 3 bytes
+    KIND_MID = 1                   # byte contexts of 4 to 11 bytes
+    KIND_LONG = 2                  # byte contexts of 12 bytes and more
+    KIND_TOKEN = 3                 # token contexts
+    N_KINDS = 4
+
+cdef SmoothC SMOOTH_SCORE[N_KINDS]  # calibrated probabilities: predict, score
 cdef SmoothC SMOOTH_RECALL      # greedy generation: trusts memorised (deterministic) contexts more
-cdef SmoothC SMOOTH_BYTES       # predict and score without hierarchy (one-byte tokens)
-# The scoring parameters for this graph: SMOOTH_BYTES without hierarchy, else SMOOTH_SCORE.
+cdef SmoothC SMOOTH_BYTES[N_KINDS]  # predict and score without hierarchy (one-byte tokens)
+# The scoring parameters for this graph, by kind: SMOOTH_BYTES without hierarchy, else
+# SMOOTH_SCORE.
 cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
@@ -51,8 +62,8 @@ cdef double prob_attended(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint
                           uint32_t n, uint32_t v) noexcept nogil
 # prob_next's distribution one byte at a time: after the prefix pfx, out[x] for each next byte and
 # out[256] for the token ending there (see model.pyx); -1 if no token continues pfx.
-cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, uint32_t m, uint8_t port,
-                    const uint8_t* pfx, uint32_t len_p, double* out) noexcept nogil
+cdef int spell_step(GraphC* g, uint32_t a, uint32_t* cis, const uint8_t* kinds, uint32_t m,
+                    uint8_t port, const uint8_t* pfx, uint32_t len_p, double* out) noexcept nogil
 # A freshly loaded graph: queries may sort its busy contexts at once (see _excl_get).
 cdef void excl_settled(GraphC* g) noexcept nogil
 cdef double score_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
