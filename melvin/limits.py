@@ -91,12 +91,13 @@ class Limits:
     hierarchy_min_count: how often a pair must be seen before it may fuse into one pattern.
     word_tokens: on the text port (PORT_TEXT) a pattern never spans a word boundary: it is an
         optional leading space, then a run of letters (bytes >= 0x80 count as letters, so UTF-8
-        words stay whole), of digits or of other symbols, as GPT-2's pre-tokenisation cuts text
-        before BPE. Fusing pairs wherever they were frequent made tokens like "e the" and left
-        rare fragments after them: wiki held-out 2.256 -> 2.123 bits/byte, next-word recall
-        0.935 -> 0.94, generation precision 0.071 -> 0.119; big.txt (16 MB, 1 MB held-out)
-        1.987 -> 1.911, training as fast. Other ports (binary data) fuse freely. False is the
-        free formation of earlier versions.
+        words stay whole) or of other symbols, or a single digit, as GPT-2's pre-tokenisation
+        (with LLaMA's split digits) cuts text before BPE. Fusing pairs wherever they were frequent
+        made tokens like "e the" and left rare fragments after them: wiki held-out 2.256 -> 2.114
+        bits/byte (2.099 with the smoothing and heads retuned for it), next-word recall 0.935 ->
+        0.94, generation precision 0.085 -> 0.111; big.txt at --max-memory 1G 1.874 -> 1.770,
+        training as fast. Other ports (binary data) fuse freely. False is the free formation of
+        earlier versions (brains saved by them load with True and keep their patterns).
     hierarchy: False keeps every token a single byte ("bytewise"): the best compression while
         the graph fits its budget (wiki held-out 2.055 bits/byte against 2.256 with hierarchy,
         next-word recall 0.955, a PPM-like byte model) at a fifth of the training speed (~1 MB/s
@@ -107,12 +108,13 @@ class Limits:
         1..max_heads-1 (what followed the last 1, 2, ... tokens earlier in this episode); without
         it, where tokens are bytes, induction heads of 3, 6, 12, 24... bytes. They carry what the
         text at hand is about, which the graph's contexts cannot: held-out bits per byte on wiki
-        2.305 -> 2.256 (bytewise 2.093 -> 2.055), on big.txt (88 MB, a 582 MiB graph)
-        1.890 -> 1.858, and scoring ~5-15% slower; nothing learned, nothing stored. Not in
-        generation: next-word recall stayed 0.935 and generation precision 0.0711 with them.
+        2.175 -> 2.099 (free patterns 2.305 -> 2.256, bytewise 2.093 -> 2.055), on big.txt
+        (88 MB, a 582 MiB graph, free patterns) 1.890 -> 1.858, and scoring ~5-15% slower;
+        nothing learned, nothing stored. Not in generation: next-word recall stays 0.94 with them.
     max_heads: attention heads; 0 is attention=False. Two (copy + order 1; bytewise 3 and 6
-        bytes) give all of it: the copy head alone 2.2776 on wiki, two 2.2557, four 2.2556; on
-        big.txt (16 MB) one 1.9896, two 1.9851, four 1.9855.
+        bytes) give nearly all of it: the copy head alone 2.1285 on wiki, two 2.0989 (with free
+        patterns: one 2.2776, two 2.2557, four 2.2556; big.txt 16 MB one 1.9896, two 1.9851,
+        four 1.9855).
     embedding_dims, max_transformers, transformer_min_uses: caps of the embedding and per-edge
         transformer mechanisms; accepted and validated, but those mechanisms are not built.
     """

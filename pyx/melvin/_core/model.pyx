@@ -246,10 +246,9 @@ cdef inline bint _splits_words(GraphC* g, uint32_t a, uint32_t b) noexcept nogil
     held-out 2.2557 -> 2.1225 bits/byte with runs of digits, 2.1142 with single digits (numbers
     are spelled, not a vocabulary of rare "1987"s; without the leading space 2.1131, but a lone
     space before every number then makes " " a common token and prompts ending in a space
-    predict digits), next-word recall 0.935 -> 0.94, big.txt
-    (16 MB, 1 MB held-out) 1.9871 -> 1.9114, training as fast (fewer, shorter patterns, more
-    tokens per byte). Checked at the junction only: a and b already keep the rule (or came
-    from a brain trained without it)."""
+    predict digits), next-word recall 0.935 -> 0.94, big.txt (16 MB, 1 MB held-out) 1.9871 ->
+    1.9114, training as fast (fewer, shorter patterns, more tokens per byte). Checked at the
+    junction only: a and b already keep the rule (or came from a brain trained without it)."""
     cdef NodeC* na = &g.nodes[a]
     cdef uint8_t last = g.arena[na.payload_off + na.payload_len - 1]
     cdef uint8_t first = g.nodes[b].first
