@@ -1221,7 +1221,8 @@ def run_from_args(args) -> int:
             from melvin.train import graph_budget as single_budget
             final_memory = max(budget, single_budget(process))
         limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False),
-                        byte_context=g("byte_context", None))
+                        byte_context=g("byte_context", None),
+                        word_tokens=not g("free_patterns", False))
 
         def progress(done, total, what):
             nonlocal bar

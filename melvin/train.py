@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="learn every byte as its own token (Limits(hierarchy=False)): the best "
                          "bits per byte, at about a fifth of the speed and with far more memory "
                          "per input byte")
+    ap.add_argument("--free-patterns", action="store_true",
+                    help="let text patterns span words (Limits(word_tokens=False)), as earlier "
+                         "versions did: worse bits per byte (big.txt at --max-memory 1G: 1.874 "
+                         "against 1.770)")
     ap.add_argument("--byte-context", type=byte_context_arg, default=None, metavar="N,N,...",
                     help="byte-suffix context lengths (Limits.byte_context; default 2,4,24, "
                          "bytewise 2,3,4,5,6,8,12,24). '2,4' trains faster in less memory "
@@ -440,6 +444,9 @@ class Trainer:
             if args.bytewise and self.graph.limits.hierarchy:
                 raise TrainError("--bytewise: the checkpoint was trained with hierarchy; refusing "
                                  "to resume (omit --bytewise, or start a new brain)")
+            if args.free_patterns and self.graph.limits.word_tokens:
+                raise TrainError("--free-patterns: the checkpoint was trained with word patterns; "
+                                 "refusing to resume (omit --free-patterns, or start a new brain)")
             if args.byte_context is not None and args.byte_context != self.graph.limits.byte_context:
                 raise TrainError(f"--byte-context: the checkpoint was trained with byte contexts "
                                  f"{self.graph.limits.byte_context}; refusing to resume (omit the "
@@ -484,7 +491,9 @@ class Trainer:
             else:
                 budget = graph_budget(args.max_memory if args.max_memory is not None else "80%")
             self.graph = melvin.Graph(melvin.Limits(max_memory=budget, hierarchy=not args.bytewise,
-                                                    byte_context=args.byte_context), seed=args.seed)
+                                                    byte_context=args.byte_context,
+                                                    word_tokens=not args.free_patterns),
+                                      seed=args.seed)
             try:
                 os.unlink(self.manifest_path)       # a stale manifest must not pair with the new brain
             except FileNotFoundError:
