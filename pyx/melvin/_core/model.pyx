@@ -177,16 +177,17 @@ cdef void _rescale_ctx(GraphC* g, uint32_t ci) noexcept nogil:
     g.ctxs[ci].total = total
 
 
-cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t* ci_out,
-                uint32_t* ei_out) noexcept nogil:
-    """Count v after the context `key` (already looked up as `ci`, NONE if absent)."""
-    cdef uint32_t ei = NONE
+cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t ei,
+                uint32_t* ci_out, uint32_t* ei_out) noexcept nogil:
+    """Count v after the context `key` (already looked up as `ci`, NONE if absent; its edge to v
+    `ei`, NONE if absent, EDGE_UNKNOWN if not looked up)."""
     if ci == NONE:
         # Reserve both before appending either: a failure leaves no empty context behind.
         if reserve_ctxs(g, 1) < 0 or reserve_edges(g, 1) < 0:
             return -1
         ci = append_ctx(g, key)
-    else:
+        ei = NONE
+    elif ei == EDGE_UNKNOWN:
         ei = edge_find(g, ci, v)
     if ei == NONE:
         if reserve_edges(g, 1) < 0:
@@ -329,6 +330,8 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, uint32_
 
 
 cdef bint UPDATE_EXCLUSION = True
+# _plan did not look the edge up (edge ids stay below max_edges <= 0xFFFFFFF0)
+cdef uint32_t EDGE_UNKNOWN = 0xFFFFFFFEu
 
 
 def _set_update_exclusion(bint on):
@@ -337,8 +340,9 @@ def _set_update_exclusion(bint on):
     UPDATE_EXCLUSION = on
 
 
-cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32_t keep,
-                    bint gated, uint32_t v, uint32_t* plan, uint32_t n_plan) noexcept nogil:
+cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t* edges, uint32_t lo, uint32_t hi,
+                    uint32_t keep, bint gated, uint32_t v, uint32_t* plan,
+                    uint32_t n_plan) noexcept nogil:
     """Which contexts of one chain (lo..hi-1, each more specific than the last) learn v.
     In a gated chain (token contexts) a longer context is created only once the next shorter one
     had been seen: most long token contexts occur once. Byte contexts are not gated: a sentence
@@ -348,7 +352,8 @@ cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32
     the walk goes from the most specific down and stops after the first context that had already
     seen v, so shorter contexts count novel continuations (as Kneser-Ney's lower orders do) and
     repeated text costs fewer probes. `keep` (the order-1 token context, which drives hierarchy
-    formation) is always counted."""
+    formation) is always counted. edges[k] gets the edge to v of each planned context that
+    exists (NONE if it has none; EDGE_UNKNOWN if not looked up), for _count."""
     cdef uint32_t k = hi
     cdef bint stopped = False
     while k > lo:
@@ -359,8 +364,11 @@ cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t lo, uint32_t hi, uint32
             continue
         plan[n_plan] = k
         n_plan += 1
-        if UPDATE_EXCLUSION and found[k] != NONE and edge_find(g, found[k], v) != NONE:
-            stopped = True
+        edges[k] = EDGE_UNKNOWN
+        if UPDATE_EXCLUSION and found[k] != NONE:
+            edges[k] = edge_find(g, found[k], v)
+            if edges[k] != NONE:
+                stopped = True
     return n_plan
 
 
@@ -368,22 +376,25 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint64_t keys[MAX_CONTEXT + 8]
     cdef uint32_t found[MAX_CONTEXT + 8]
     cdef uint32_t plan[MAX_CONTEXT + 8]
+    cdef uint32_t edges[MAX_CONTEXT + 8]
     cdef uint32_t n, k, i, ci, ei, first_token, n_plan
     cdef bint pruned = False
     tr.pending = v
     n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
     _lookup_all(g, keys, n, v, found)
-    n_plan = _plan(g, found, 0, first_token, NONE, False, v, plan, 0)
-    n_plan = _plan(g, found, first_token, n, first_token, True, v, plan, n_plan)
+    n_plan = _plan(g, found, edges, 0, first_token, NONE, False, v, plan, 0)
+    n_plan = _plan(g, found, edges, first_token, n, first_token, True, v, plan, n_plan)
     i = 0
     while i < n_plan:
         k = plan[i]
-        if _count(g, keys[k], found[k], tr.pending, &ci, &ei) < 0:
+        if _count(g, keys[k], found[k], tr.pending, edges[k], &ci, &ei) < 0:
             if pruned or _auto_prune(g, tr) < 0:
                 return -1
             pruned = True
             _lookup_all(g, keys, n, tr.pending, found)   # dense positions moved
+            for k in range(n):
+                edges[k] = EDGE_UNKNOWN
             continue                      # keys are stable across pruning; ids were remapped
         found[k] = ci
         if k == first_token:
