@@ -929,6 +929,12 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
         if progress is not None:
             progress(0, total_tasks, "start")
         for fut in tasks:
+            if fut.status not in ("finished", "error", "cancelled"):
+                # Finished, then lost with its worker before this loop got to it ("lost"): the
+                # scheduler recomputes it, so wait for it again (was a rare "failed after N
+                # retries: NoneType: None" when a killed worker held a finished shard).
+                tasks.add(fut)
+                continue
             if fut.status != "finished":
                 try:
                     exc = fut.exception()

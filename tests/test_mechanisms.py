@@ -174,9 +174,11 @@ def test_temporal_after_and_before():
     after = g.after("first then")
     assert after and after[0][0].startswith(b" second")
     assert abs(sum(w for _, w in g.after("first then", k=100)) - 1.0) < 1e-9
-    # word patterns carry their leading space: mid-text the word is " second", after " then"
+    # word patterns carry their leading space: mid-text the word is " second", after " then";
+    # asked without the space, before() counts that form too
     before = g.before(" second")
     assert before and before[0][0].endswith(b"then")
+    assert g.before("second") == before
     assert g.after("never seen pattern zzz") == [] or all(w >= 0 for _, w in g.after("zzz"))
 
 

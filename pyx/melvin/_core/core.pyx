@@ -472,25 +472,32 @@ cdef class Core:
 
     def before(self, const uint8_t[::1] pattern, int k=5, int port=0):
         """What usually precedes the pattern (its first token if it is not one pattern): the
-        tokens whose edges lead to it, weighted by count and recency, normalised to sum to 1."""
+        tokens whose edges lead to it, weighted by count and recency, normalised to sum to 1.
+        With word patterns a word mid-text carries its leading space, so on the text port
+        "second" also counts what precedes " second"."""
         cdef size_t n = pattern.shape[0]
         cdef const uint8_t* p = &pattern[0] if n else NULL
         cdef uint32_t v, u, ci, e, length
-        cdef uint64_t key
         if self.g.port_root[<uint8_t>port] == NONE or n == 0:
             return []
-        key = node_key(poly_bytes(p, n), <uint8_t>port, <uint32_t>n)
-        v = node_find(&self.g, key, p, <uint32_t>n, <uint8_t>port) if n <= 0xFFFF else NONE
+        v = self._node_of(bytes(pattern), <uint8_t>port) if n <= 0xFFFF else NONE
         if v == NONE:
             v = match_longest(&self.g, <uint8_t>port, p, n, &length)
+        targets = {v}
+        if port == 0 and self.g.word_tokens and p[0] != 32 and n < 0xFFFF:
+            v = self._node_of(b" " + bytes(pattern), <uint8_t>port)
+            if v != NONE:
+                targets.add(v)
         weights = {}
         for u in range(self.g.n_nodes):
             ci = ctx_find(&self.g, ctx_key_first(self.g.nodes[u].key))
-            if ci == NONE:
+            if ci == NONE or u == STOP or self.g.nodes[u].payload_len == 0:
                 continue
-            e = edge_find(&self.g, ci, v)
-            if e != NONE and u != STOP and self.g.nodes[u].payload_len:
-                weights[u] = self.g.edges[e].count * self._recency(self.g.edges[e].stamp)
+            for v in targets:
+                e = edge_find(&self.g, ci, v)
+                if e != NONE:
+                    weights[u] = weights.get(u, 0.0) + \
+                        self.g.edges[e].count * self._recency(self.g.edges[e].stamp)
         if not weights:
             return []
         total = sum(weights.values())
