@@ -221,6 +221,7 @@ def test_sorted_exclusion_ranges_equal_the_walk(wiki_lines):
     walk, ranges = loads(dumps(g)), loads(dumps(g))
     held = wiki_lines[300:360]
     prompts = _random_prompts(held, 30)
+    default = model._set_excl_min(0xFFFFFFFF)
     try:
         for step in range(2):
             model._set_excl_min(0xFFFFFFFF)
@@ -233,7 +234,7 @@ def test_sorted_exclusion_ranges_equal_the_walk(wiki_lines):
                 walk.feed(x)
                 ranges.feed(x)
     finally:
-        model._set_excl_min(256)
+        model._set_excl_min(default)
 
 
 def test_spelling_shares_evidence_between_tokens_with_a_common_prefix():

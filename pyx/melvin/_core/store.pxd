@@ -29,6 +29,8 @@ cdef struct ExclC:
     uint32_t* pre
     uint32_t* first                # 256 per held context, in the order they were built
     uint64_t used_ids, used_pre, cap_ids, cap_pre, cap_first
+    uint32_t n_small               # of n_ctx, those below EXCL_BUSY successors
+    uint64_t small_ids
 
 
 cdef struct GraphC:
