@@ -610,11 +610,12 @@ cdef inline uint64_t _version(GraphC* g) noexcept nogil:
 # units are blocks found by binary search.
 cdef uint32_t EXCL_MIN = 64         # successors for a context to get a sorted copy
 cdef enum:
-    # Contexts below EXCL_BUSY successors share a quarter of the slots and of the ids: admitted
-    # first come, first served, they had filled every slot before the busiest contexts came
-    # (scoring fell to 3 KB/s). Scoring 512 KB of heldout.txt, brains of word patterns trained on
-    # 88 and 16 MB: 85 -> ~120 and 133 -> ~210 KB/s against sorting from 256 successors with
-    # 8192 slots; identical bits.
+    # Contexts below EXCL_BUSY successors get at most an eighth of the slots (a quarter of those
+    # that may fill) and a quarter of the ids: admitted first come, first served, they had filled
+    # every slot before the busiest contexts came (scoring fell to 3 KB/s). Scoring 512 KB of
+    # heldout.txt, interleaved with sorting from 256 successors in 8192 slots: brains of word
+    # patterns trained on 88 and 16 MB 90 -> 113 and 139 -> 193 KB/s, free patterns 181 -> 232;
+    # identical bits.
     EXCL_BUSY = 256
     EXCL_SLOTS = 32768              # contexts held at most (power of two, half filled at most)
     EXCL_MAX_IDS = 16 << 20         # successor ids held at most (64 MiB of ids, 64 of sums)
