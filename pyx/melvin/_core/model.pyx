@@ -115,7 +115,7 @@ cdef uint32_t trace_contexts(GraphC* g, TraceC* t, uint32_t* cis) noexcept nogil
     byte contexts reaching back through it are salted with it and also know what led to it. As
     the most specific context instead, the marker's (every associated stream's first tokens)
     outweighed the one that had seen this stream's: cross-modal recall from binary to text
-    0.96 -> 1.0 (0.56 -> 1.0 once text patterns stopped spanning words)."""
+    0.96 -> 1.0 (0.56 -> 0.98 once text patterns stopped spanning words)."""
     cdef uint64_t keys[MAX_CONTEXT + 8]
     cdef uint32_t n = trace_keys(g, t, keys)
     cdef uint32_t orders = trace_orders(g, t), nb, bi = 0, out = 0, span = 0, j
