@@ -252,12 +252,12 @@ cdef inline bint _splits_words(GraphC* g, uint32_t a, uint32_t b) noexcept nogil
     junction only: a and b already keep the rule (or came from a brain trained without it)."""
     cdef NodeC* na = &g.nodes[a]
     cdef uint8_t last = g.arena[na.payload_off + na.payload_len - 1]
-    cdef uint8_t first = g.nodes[b].first
-    if first == 32:
+    cdef uint8_t first = _word_class(g.nodes[b].first)
+    if first == 0:
         return True
     if na.payload_len == 1 and last == 32:
         return False                      # the leading space of a word (or of a number)
-    return _word_class(first) == 2 or _word_class(last) != _word_class(first)
+    return first == 2 or _word_class(last) != first
 
 
 cdef void _maybe_form(GraphC* g, uint32_t a, uint32_t b, uint32_t ci, uint32_t ei) noexcept nogil:
@@ -377,7 +377,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint32_t found[MAX_CONTEXT + 8]
     cdef uint32_t plan[MAX_CONTEXT + 8]
     cdef uint32_t edges[MAX_CONTEXT + 8]
-    cdef uint32_t n, k, i, ci, ei, first_token, n_plan
+    cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan
     cdef bint pruned = False
     tr.pending = v
     n = trace_keys(g, tr, keys)
@@ -393,8 +393,8 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
                 return -1
             pruned = True
             _lookup_all(g, keys, n, tr.pending, found)   # dense positions moved
-            for k in range(n):
-                edges[k] = EDGE_UNKNOWN
+            for j in range(n):
+                edges[j] = EDGE_UNKNOWN
             continue                      # keys are stable across pruning; ids were remapped
         found[k] = ci
         if k == first_token:
