@@ -4,7 +4,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["mem", "store", "model", "core"]
+MODULES = ["mem", "store", "embed", "model", "core"]
 # MELVIN_CFLAGS lets sanitizer/coverage builds add flags without replacing Python's own.
 extra = os.environ.get("MELVIN_CFLAGS", "-O2").split()
 

@@ -405,6 +405,7 @@ def vocabulary(graph, limits: Limits | None = None):
         st = graph._core.export_state()
     nodes = st["nodes"].copy()
     nodes["count"] = 0
+    nodes["category"] = 0                 # categories are learned (their contexts), not vocabulary
     core = Core(**limits.core_kwargs(), empty=True)
     core.import_state(nodes, bytes(st["arena"]), np.zeros(0, CTX_DTYPE), np.zeros(0, EDGE_DTYPE),
                       {k: 0 for k in st["counters"]})
@@ -1228,7 +1229,8 @@ def run_from_args(args) -> int:
             final_memory = max(budget, single_budget(process))
         limits = Limits(max_memory=budget, hierarchy=not g("bytewise", False),
                         byte_context=g("byte_context", None),
-                        word_tokens=not g("free_patterns", False))
+                        word_tokens=not g("free_patterns", False),
+                        embeddings=not g("no_embeddings", False))
 
         def progress(done, total, what):
             nonlocal bar

@@ -133,6 +133,29 @@ class Graph:
         with self._lock:
             return self._core.before(pattern, k, port)
 
+    def embedding(self, pattern, port: int = PORT_TEXT) -> dict:
+        """The pattern's sparse embedding, {token: weight}: its Limits.embedding_dims strongest
+        continuations, weighted by count and L2-normalised (a successor profile, learned with the
+        edges). {} if the pattern is not a node (with word patterns mid-text words carry their
+        leading space: b" cat") or nothing has followed it yet."""
+        pattern, port = _as_bytes(pattern, "pattern"), _port(port)
+        with self._lock:
+            return self._core.embedding(pattern, port)
+
+    def similarity(self, a, b, port: int = PORT_TEXT) -> float:
+        """Cosine of two patterns' embeddings, in [0, 1] (0 if either has none): patterns used
+        alike ("cat", "dog" in "the _ sat") come close."""
+        a, b, port = _as_bytes(a, "a"), _as_bytes(b, "b"), _port(port)
+        with self._lock:
+            return self._core.similarity(a, b, port)
+
+    def category(self, pattern, port: int = PORT_TEXT):
+        """The members of the pattern's category (itself included), most seen first; None if it
+        has none (embeddings off, or seen followed by something fewer than twice)."""
+        pattern, port = _as_bytes(pattern, "pattern"), _port(port)
+        with self._lock:
+            return self._core.category(pattern, port)
+
     def score(self, data, port: int = PORT_TEXT) -> float:
         """Bits per byte of `data` as one episode (its tokens and the closing STOP) under the
         frozen model: an honest code length, comparable with compressors. Each token is predicted
@@ -155,7 +178,7 @@ class Graph:
         with self._lock:
             s = self._core.stats()
         s["transformers"] = 0
-        s["embeddings"] = 0
+        s["embeddings"] = s.pop("categorized_nodes")    # nodes placed by their embedding
         s["bytes_per_edge"] = s["memory_bytes"] / s["edges"] if s["edges"] else None
         s["max_memory"] = self.limits.max_memory
         return s

@@ -118,7 +118,7 @@ def _merge_held(graphs, limits: Limits, consume: bool):
         st = base._core.export_state()
         core = Core(**relaxed, empty=True)
         core.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
-                          verify=False)
+                          verify=False, categories=st["categories"], profiles=st["profiles"])
         del st
     for g in order[1:]:
         core.absorb(g._core)
@@ -144,5 +144,5 @@ def _merge_held(graphs, limits: Limits, consume: bool):
     st["counters"]["peak_memory_bytes"] = 0           # the relaxed build's peak is not this graph's
     final = Core(**limits.core_kwargs(), empty=True)
     final.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
-                       capacities, verify=False)
+                       capacities, verify=False, categories=st["categories"], profiles=st["profiles"])
     return Graph(limits, base.seed, _core=final)

@@ -24,16 +24,18 @@ import zlib
 
 import numpy as np
 
-from melvin._core.core import CAPACITY_NAMES, COUNTER_NAMES, CTX_DTYPE, EDGE_DTYPE, NODE_DTYPE, Core
+from melvin._core.core import (CAPACITY_NAMES, COUNTER_NAMES, CTX_DTYPE, EDGE_DTYPE, NODE_DTYPE,
+                               NODE_DTYPE_V1, Core, cat_dtype)
 from melvin.errors import CorruptBrainError
 from melvin.limits import Limits
 
 MAGIC = b"MLVNBRN\n"
-VERSION = 1
+VERSION = 2                  # 2: node records carry their category; meta.counts.categories
 _HEAD = struct.Struct("<8sII")
 _ENTRY = struct.Struct("<8sQQII")
 _CRC = struct.Struct("<I")
-_SECTIONS = ("limits", "meta", "nodes", "arena", "contexts", "edges")
+_SECTIONS = ("limits", "meta", "nodes", "arena", "contexts", "edges", "cats")
+_SECTIONS_V1 = _SECTIONS[:6]
 _JSON_MAX = 1 << 16
 
 
@@ -58,7 +60,7 @@ def _write(graph, f) -> None:
     counts = core.export_counts()
     counters, capacities = core.export_meta()
     meta = dict(seed=graph.seed, counters=counters, capacities=capacities,
-                counts={k: counts[k] for k in ("nodes", "contexts", "edges")})
+                counts={k: counts[k] for k in ("nodes", "contexts", "edges", "categories")})
     small = {
         "limits": json.dumps(graph.limits.to_dict(), sort_keys=True).encode(),
         "meta": json.dumps(meta, sort_keys=True).encode(),
@@ -74,6 +76,8 @@ def _write(graph, f) -> None:
             parts = [small[name]]
         elif name == "arena":
             parts = _chunks(core, "arena", counts["arena"])
+        elif name == "cats":
+            parts = _chunks(core, "categories", counts["categories"])
         else:
             parts = _chunks(core, name, counts[name])
         crc, length = 0, 0
@@ -186,10 +190,11 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     magic, version, count = _HEAD.unpack_from(view, 0)
     if magic != MAGIC:
         raise CorruptBrainError("not a melvin brain (bad magic)")
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise CorruptBrainError(f"brain format version {version} is not supported (this melvin "
                                 f"reads version {VERSION})")
-    if count != len(_SECTIONS):
+    names = _SECTIONS if version >= 2 else _SECTIONS_V1
+    if count != len(names):
         raise CorruptBrainError(f"unexpected section count {count}")
     table_end = _HEAD.size + count * _ENTRY.size
     if len(view) < table_end + _CRC.size:
@@ -202,7 +207,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     for i in range(count):
         raw, offset, length, crc, _ = _ENTRY.unpack_from(table, i * _ENTRY.size)
         name = raw.rstrip(b"\0").decode("ascii", "replace")
-        if name != _SECTIONS[i]:
+        if name != names[i]:
             raise CorruptBrainError(f"unexpected section {name!r}")
         if offset < table_end + _CRC.size or offset + length > len(view):
             raise CorruptBrainError(f"section {name} lies outside the file (truncated?)")
@@ -217,22 +222,43 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
             raise
         raise CorruptBrainError(f"invalid limits: {exc}") from None
     meta = _json(sections["meta"], "meta")
-    counts = _int_map(meta.get("counts"), ("nodes", "contexts", "edges"), "meta.counts")
+    count_names = ("nodes", "contexts", "edges") + (("categories",) if version >= 2 else ())
+    counts = _int_map(meta.get("counts"), count_names, "meta.counts")
+    if counts.get("categories", 0) > 0xFFFF:
+        raise CorruptBrainError(f"meta.counts.categories invalid: {counts['categories']}")
     counters = _int_map(meta.get("counters"), COUNTER_NAMES, "meta.counters")
     capacities = _int_map(meta.get("capacities"), CAPACITY_NAMES, "meta.capacities")
     seed = meta.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise CorruptBrainError("meta.seed invalid")
     arrays = {}
-    for name, dtype in (("nodes", NODE_DTYPE), ("contexts", CTX_DTYPE), ("edges", EDGE_DTYPE)):
+    node_dtype = NODE_DTYPE if version >= 2 else NODE_DTYPE_V1
+    for name, dtype in (("nodes", node_dtype), ("contexts", CTX_DTYPE), ("edges", EDGE_DTYPE)):
         if len(sections[name]) != counts[name] * dtype.itemsize:
             raise CorruptBrainError(f"section {name} holds {len(sections[name])} bytes, "
                                     f"expected {counts[name]} records of {dtype.itemsize}")
         arrays[name] = np.frombuffer(sections[name], dtype=dtype)
+    if version < 2:                      # no categories yet: every node without one
+        nodes = np.zeros(len(arrays["nodes"]), NODE_DTYPE)
+        for field in NODE_DTYPE_V1.names:
+            nodes[field] = arrays["nodes"][field]
+        arrays["nodes"] = nodes
+    profiles = None
+    if version >= 2:
+        dims = saved_limits.core_kwargs()["embedding_dims"]
+        dtype = cat_dtype(dims)
+        if len(sections["cats"]) != counts["categories"] * dtype.itemsize:
+            raise CorruptBrainError(f"section cats holds {len(sections['cats'])} "
+                                    f"bytes, expected {counts['categories']} records of "
+                                    f"{dtype.itemsize}")
+        profiles = np.frombuffer(sections["cats"], dtype=dtype)
     use = limits or saved_limits
+    if use.core_kwargs()["embedding_dims"] != saved_limits.core_kwargs()["embedding_dims"]:
+        profiles = None                  # other dims: retaken from the categories' contexts
     core = Core(**use.core_kwargs(), empty=True)
     core.import_state(arrays["nodes"], bytes(sections["arena"]), arrays["contexts"],
-                      arrays["edges"], counters, capacities, verify=verify)
+                      arrays["edges"], counters, capacities, verify=verify,
+                      categories=counts.get("categories", 0), profiles=profiles)
     return Graph(use, seed, _core=core)
 
 

@@ -167,6 +167,97 @@ def test_word_tokens_limit_validated_and_saved(tmp_path):
     assert melvin.load(tmp_path / "free.mlv").limits.word_tokens is False
 
 
+def _pseudo_words(n, seed=5):
+    rng = random.Random(seed)
+    words = set()
+    while len(words) < n:
+        words.add(" " + "".join(rng.choice("bcdfghjklmnpqrstvwz") + rng.choice("aeiou")
+                                for _ in range(2)))
+    return sorted(words)
+
+
+def _the_x_sat(embeddings):
+    """80 made-up nouns each seen 4 times with " sat", " ate" and " ran" after "the", then " fox"
+    seen 6 times, only after "a" and only followed by " sat"."""
+    rng = random.Random(5)
+    lines = [f"the{w}{v} down" for w in _pseudo_words(80) for v in (" sat", " ate", " ran")
+             for _ in range(4)]
+    rng.shuffle(lines)
+    g = melvin.Graph(melvin.Limits(embeddings=embeddings))
+    for line in lines + ["a fox sat down"] * 6:
+        g.feed(line)
+    return g
+
+
+def test_embeddings_make_patterns_used_alike_similar():
+    g = melvin.Graph()
+    for _ in range(6):
+        for animal in ("cat", "dog", "bird"):
+            for verb in ("sat", "ate", "ran"):
+                g.feed(f"the {animal} {verb} down")
+    emb = g.embedding(" cat")                           # (and fragments seen before the words formed)
+    assert set(sorted(emb, key=emb.get)[-3:]) == {b" sat", b" ate", b" ran"}
+    assert len(emb) <= g.limits.embedding_dims
+    assert abs(sum(w * w for w in emb.values()) - 1.0) < 1e-6
+    assert g.similarity(" cat", " dog") > 0.9           # the same slots
+    assert g.similarity(" cat", " down") == 0.0         # " down" ends every line
+    assert g.similarity(" cat", "never seen") == 0.0 and g.embedding("never seen") == {}
+    assert set(g.category(" cat")) >= {b" cat", b" dog", b" bird"}
+
+
+def test_rare_word_borrows_its_categorys_continuations():
+    """The "the _ sat" case: after "the fox", never seen, the category " fox" shares with the
+    nouns it was used like lends their other continuations (" ate", " ran")."""
+    on, off = _the_x_sat(True), _the_x_sat(False)
+    assert on.after(" fox") == [(b" sat", 1.0)]
+    members = on.category(" fox")
+    assert members is not None and \
+        len(set(members) & {w.encode() for w in _pseudo_words(80)}) >= 10
+    assert off.category(" fox") is None and off.stats()["categories"] == 0
+    p_on, p_off = dict(on.predict("the fox", k=50)), dict(off.predict("the fox", k=50))
+    for verb in (b" ate", b" ran"):
+        assert p_on[verb] > 1.5 * p_off[verb]
+    assert p_on[b" sat"] > p_off[b" sat"]                # " sat" too, as the nouns' commonest
+
+
+def test_categories_are_capped_and_persist(wiki_lines, tmp_path):
+    g = melvin.Graph(melvin.Limits(max_categories=8))
+    for line in wiki_lines[:300]:
+        g.feed(line)
+    s = g.stats()
+    assert s["categories"] == 8 and s["embeddings"] > 8
+    g.check()
+    g.save(tmp_path / "c.mlv")
+    g2 = melvin.load(tmp_path / "c.mlv")
+    assert g2.stats() == s
+    assert g2.category(" the") == g.category(" the")
+    for line in wiki_lines[300:340]:                    # both continue identically
+        g.feed(line)
+        g2.feed(line)
+    assert g2.stats() == g.stats()
+    assert g2.score(wiki_lines[400]) == g.score(wiki_lines[400])
+    with pytest.raises(ValueError):
+        melvin.Limits(max_categories=1 << 16)
+    with pytest.raises(ValueError):
+        melvin.Limits(embedding_dims=65)
+
+
+def test_merge_unifies_categories_by_profile(wiki_lines):
+    a, b = melvin.Graph(), melvin.Graph()
+    for line in wiki_lines[:150]:
+        a.feed(line)
+    for line in wiki_lines[150:300]:
+        b.feed(line)
+    m = melvin.merge([a, b])
+    m.check()
+    assert max(a.stats()["categories"], b.stats()["categories"]) <= m.stats()["categories"] <= \
+        a.stats()["categories"] + b.stats()["categories"]
+    self_merge = melvin.merge([a, a])                   # a copy keeps its numbering
+    self_merge.check()
+    assert self_merge.stats()["categories"] == a.stats()["categories"]
+    assert self_merge.category(" the") == a.category(" the")
+
+
 def test_temporal_after_and_before():
     g = melvin.Graph()
     for _ in range(15):

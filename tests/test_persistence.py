@@ -18,7 +18,7 @@ from melvin.persist import dumps, loads
 
 _HEAD = struct.Struct("<8sII")
 _ENTRY = struct.Struct("<8sQQII")
-_NAMES = ("limits", "meta", "nodes", "arena", "contexts", "edges")
+_NAMES = ("limits", "meta", "nodes", "arena", "contexts", "edges", "cats")
 
 
 def _split(buf: bytes) -> dict:
@@ -31,7 +31,7 @@ def _split(buf: bytes) -> dict:
     return out
 
 
-def _join(sections: dict, *, version=1, magic=b"MLVNBRN\n", count=None, fix=None) -> bytes:
+def _join(sections: dict, *, version=persist.VERSION, magic=b"MLVNBRN\n", count=None, fix=None) -> bytes:
     """A brain with the given sections and correct checksums (so only the content is hostile).
     fix(i, offset, length) may rewrite a table entry's offset/length."""
     names = list(sections)
@@ -240,8 +240,8 @@ def test_bad_magic_and_version(small_brain):
         loads(b"NOTABRN\n" + buf[8:])
     with pytest.raises(melvin.CorruptBrainError, match="magic"):
         loads(b"PK\x03\x04" + b"\x00" * 100)
-    future = buf[:8] + struct.pack("<I", 2) + buf[12:]
-    with pytest.raises(melvin.CorruptBrainError, match="version 2"):
+    future = buf[:8] + struct.pack("<I", persist.VERSION + 1) + buf[12:]
+    with pytest.raises(melvin.CorruptBrainError, match=f"version {persist.VERSION + 1}"):
         loads(future)
     with pytest.raises(melvin.CorruptBrainError, match="version"):
         loads(buf[:8] + struct.pack("<I", 0xFFFFFFFF) + buf[12:])
@@ -615,3 +615,81 @@ def test_disk_size_bound(wiki_lines):
         size = len(dumps(g))
         bound = s["edges"] * 16 + s["nodes"] * 16 + s["payload_bytes"] + s["contexts"] * 12 + 4096
         assert size <= bound, (n, size, bound, size / bound)
+
+
+def test_version_1_brains_still_load(wiki_lines):
+    """Format 1 had no categories: its node records lack one and it has no cats section. Such a
+    brain loads with every node outside any category, and categories form as it trains on."""
+    from melvin._core.core import NODE_DTYPE_V1
+    g = melvin.Graph(melvin.Limits(embeddings=False))
+    for line in wiki_lines[:100]:
+        g.feed(line)
+    s = _split(dumps(g))
+    nodes = np.frombuffer(s["nodes"], dtype=_node_dtype())
+    old = np.zeros(len(nodes), NODE_DTYPE_V1)
+    for field in NODE_DTYPE_V1.names:
+        old[field] = nodes[field]
+    meta = json.loads(s["meta"])
+    del meta["counts"]["categories"]
+    lim = json.loads(s["limits"])
+    for field in ("embeddings", "max_categories"):      # fields format 1 did not know
+        del lim[field]
+    v1 = {"limits": json.dumps(lim).encode(), "meta": json.dumps(meta).encode(),
+          "nodes": old.tobytes(), "arena": s["arena"], "contexts": s["contexts"],
+          "edges": s["edges"]}
+    g1 = loads(_join(v1, version=1))
+    g1.check()
+    assert g1.stats()["categories"] == 0 and g1.limits.embeddings
+    for p in PROBES:
+        assert g1.predict(p, k=5) == g.predict(p, k=5)
+    for line in wiki_lines[100:200]:
+        g1.feed(line)
+    assert g1.stats()["categories"] > 0
+    with pytest.raises(melvin.CorruptBrainError):       # a format-2 node table in a format-1 file
+        loads(_join({**v1, "nodes": s["nodes"]}, version=1))
+
+
+def test_hostile_categories(brain):
+    from melvin._core.core import cat_dtype
+    buf = dumps(brain)
+    n_cats = brain.stats()["categories"]
+    assert n_cats > 0
+    dtype = cat_dtype(brain.limits.embedding_dims)
+
+    def node_cat(a):
+        a["category"][300] = n_cats + 1
+
+    def node_cat_stop(a):
+        a["category"][256] = 1
+
+    def reserved(a):
+        a["reserved"][300] = 1
+
+    def edit(field, value):
+        def f(a):
+            a[field][0] = value
+        return f
+
+    def dim(a):
+        a["dims"][0][0] = 1 << 30
+
+    def weight(a):
+        a["w"][0][0] = np.nan
+
+    def top(a):
+        a["top"][0] = 1 << 30
+
+    hostile = [_records(buf, "nodes", _node_dtype(), node_cat),
+               _records(buf, "nodes", _node_dtype(), node_cat_stop),
+               _records(buf, "nodes", _node_dtype(), reserved),
+               _records(buf, "cats", dtype, edit("n", 1000)),
+               _records(buf, "cats", dtype, dim),
+               _records(buf, "cats", dtype, weight),
+               _records(buf, "cats", dtype, top),
+               _meta_with(buf, lambda m: m["counts"].__setitem__("categories", n_cats + 1)),
+               _meta_with(buf, lambda m: m["counts"].__setitem__("categories", 1 << 40))]
+    for bad in hostile:
+        with pytest.raises(melvin.CorruptBrainError):
+            loads(bad)
+    g = loads(buf)
+    assert g.check() and dumps(g) == buf

@@ -453,17 +453,19 @@ def test_byte_context_option_sets_the_limits_and_must_match_on_resume(tmp_path):
         assert p.returncode == 2 and b"--byte-context" in p.stderr and b"Traceback" not in p.stderr
 
 
-def test_free_patterns_option_sets_the_limits_and_must_match_on_resume(tmp_path):
+@pytest.mark.parametrize("option,field", [("--free-patterns", "word_tokens"),
+                                          ("--no-embeddings", "embeddings")])
+def test_switch_off_options_set_the_limits_and_must_match_on_resume(tmp_path, option, field):
     path = tmp_path / "t.txt"
     path.write_bytes(make_text(60_000, seed=9))
     out = tmp_path / "w.mlv"
     train_json(path, "--out", out, "--graph-memory", "64M", "--limit-bytes", "20000")
-    assert melvin.load(out).limits.word_tokens is True
-    p = train(path, "--out", out, "--resume", "--free-patterns", "--quiet", check=False)
-    assert p.returncode == 1 and b"--free-patterns" in p.stderr and b"Traceback" not in p.stderr
+    assert getattr(melvin.load(out).limits, field) is True
+    p = train(path, "--out", out, "--resume", option, "--quiet", check=False)
+    assert p.returncode == 1 and option.encode() in p.stderr and b"Traceback" not in p.stderr
     out = tmp_path / "f.mlv"
-    s = train_json(path, "--out", out, "--graph-memory", "64M", "--free-patterns")
-    assert s["stopped"] == "complete" and melvin.load(out).limits.word_tokens is False
+    s = train_json(path, "--out", out, "--graph-memory", "64M", option)
+    assert s["stopped"] == "complete" and getattr(melvin.load(out).limits, field) is False
 
 
 # --- refused resumes and bad inputs -------------------------------------------------------------

@@ -156,6 +156,8 @@ def main(argv=None):
     configs = [
         ("full", base, {}),
         ("no attention", melvin.Limits(max_memory=args.max_memory, attention=False), {}),
+        ("no embeddings/categories",
+         melvin.Limits(max_memory=args.max_memory, embeddings=False), {}),
         ("free patterns (word_tokens=False)",
          melvin.Limits(max_memory=args.max_memory, word_tokens=False), {}),
         ("attention: copy head only", melvin.Limits(max_memory=args.max_memory, max_heads=1), {}),

@@ -18,11 +18,12 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  rebuild_edge_lists, trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)
+from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
                                  prob_next, prob_attended, spell_step, attn_values, excl_settled,
-                                 SMOOTH_RECALL)
+                                 SMOOTH_RECALL, KIND_CAT)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
@@ -68,7 +69,17 @@ def _records(a, dtype):
 
 
 NODE_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
-                       ("right", "<u4"), ("count", "<u4")])
+                       ("right", "<u4"), ("count", "<u4"), ("category", "<u2"),
+                       ("reserved", "<u2")])   # 20 bytes: records stay 4-byte aligned
+# Format version 1 (before categories): the same without the category.
+def cat_dtype(uint32_t dims):
+    """File layout of a category profile with `dims` slots."""
+    return np.dtype([("top", "<u4"), ("n", "<u4"), ("refreshed", "<u4"), ("dims", "<u4", (dims,)),
+                     ("w", "<f4", (dims,))])
+
+
+NODE_DTYPE_V1 = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
+                          ("right", "<u4"), ("count", "<u4")])
 CTX_DTYPE = np.dtype([("key", "<u8")])
 EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
 COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
@@ -145,11 +156,13 @@ cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t ne, uint32_t
 cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
+    cdef uint32_t _n_categories        # loading: categories the node records may name
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
                   uint32_t form_min_count, tuple byte_orders=(), uint32_t attention_heads=0,
-                  bint word_tokens=False, bint empty=False):
+                  bint word_tokens=False, uint32_t embedding_dims=0, uint32_t max_categories=0,
+                  bint empty=False):
         memset(&self.g, 0, sizeof(GraphC))
         store_init(&self.g)
         self.g.pool.cap = max_memory
@@ -164,6 +177,10 @@ cdef class Core:
             raise ValueError("attention_heads: at most 64")
         self.g.attn_heads = attention_heads
         self.g.word_tokens = word_tokens
+        if embedding_dims > EMB_MAX or max_categories > 0xFFFF:
+            raise ValueError(f"embedding_dims: at most {EMB_MAX}; max_categories: at most 65535")
+        self.g.emb_dims = embedding_dims
+        self.g.max_cats = max_categories if embedding_dims else 0
         if len(byte_orders) > 8 or list(byte_orders) != sorted(set(byte_orders)) or \
                 any(not 1 <= b <= 64 for b in byte_orders):
             raise ValueError("byte_orders: up to 8 distinct ascending lengths in [1, 64]")
@@ -173,7 +190,8 @@ cdef class Core:
         self.limits = dict(max_memory=max_memory, max_nodes=max_nodes, max_edges=max_edges,
                            max_payload=max_payload, max_levels=max_levels, context_len=context_len,
                            form_min_count=form_min_count, byte_orders=tuple(byte_orders),
-                           attention_heads=attention_heads, word_tokens=word_tokens)
+                           attention_heads=attention_heads, word_tokens=word_tokens,
+                           embedding_dims=embedding_dims, max_categories=max_categories)
         if not empty and graph_init(&self.g) < 0:
             self._raise("creating the base nodes")
 
@@ -304,7 +322,7 @@ cdef class Core:
         cdef size_t n = data.shape[0]
         cdef const uint8_t* p = &data[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m, v, length, k, hit, present
         cdef size_t pos = 0
         out = []
@@ -365,13 +383,19 @@ cdef class Core:
         spelled, exclusion-renormalised distribution predict and score use: the text generation
         writes is not re-segmented between steps. Without the 1-byte context (the first key, when
         byte_orders starts at 1): it sharpens prediction but blurs recall of what followed a
-        longer context (assoc recall 0.900 with it, 0.915 without)."""
+        longer context (assoc recall 0.900 with it, 0.915 without). Without the category context
+        either: recall wants what followed this very context, not its category's other members
+        ("recovery works" fed 3 times went on " wor th t" with it)."""
         cdef dict out = {}
         cdef uint32_t k, e, d
-        cdef uint32_t own[MAX_CONTEXT + 8]
-        if m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:
+        cdef uint32_t own[MAX_ORDERS]
+        if m:
             memcpy(own, cis, m * sizeof(uint32_t))
-            own[0] = NONE
+            if self.g.n_byte_orders and self.g.byte_orders[0] == 1:
+                own[0] = NONE
+            for k in range(m):
+                if tr.kinds[k] == KIND_CAT:
+                    own[k] = NONE
             cis = own
         for k in range(m):
             if cis[k] == NONE:
@@ -435,7 +459,7 @@ cdef class Core:
         context, so "first then" (learned at the start of "first then second then third") was
         answered by " then"'s three successors alike when read mid-stream only."""
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m, e, i
         cdef list starts = []
         cdef size_t n = pattern.shape[0]
@@ -512,7 +536,7 @@ cdef class Core:
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m, v, x
         cdef double step[257]
         cdef uint32_t vals[ATTN_WINDOW]
@@ -563,12 +587,53 @@ cdef class Core:
         cdef uint32_t n = len(payload)
         return node_find(&self.g, node_key(poly_bytes(p, n), port, n), p, n, port)
 
+    cdef bint _embedding_of(self, bytes pattern, uint8_t port, EmbC* out):
+        """The pattern's node's embedding (False if it is no node or has no successors)."""
+        cdef uint32_t v
+        out.n = 0
+        if self.g.port_root[port] == NONE or not 0 < len(pattern) <= 0xFFFF or self.g.emb_dims == 0:
+            return False
+        v = self._node_of(pattern, port)
+        if v == NONE:
+            return False
+        embed_ctx(&self.g, ctx_find(&self.g, ctx_key_first(self.g.nodes[v].key)), out)
+        return out.n > 0
+
+    def embedding(self, bytes pattern, int port=0):
+        """{successor payload: weight} of the pattern's embedding ({} if none)."""
+        cdef EmbC e
+        cdef uint32_t i
+        if not self._embedding_of(pattern, <uint8_t>port, &e):
+            return {}
+        return {self._payload(e.dims[i]): float(e.w[i]) for i in range(e.n)}
+
+    def similarity(self, bytes a, bytes b, int port=0):
+        cdef EmbC ea, eb
+        if not self._embedding_of(a, <uint8_t>port, &ea) or \
+                not self._embedding_of(b, <uint8_t>port, &eb):
+            return 0.0
+        return emb_cosine(&ea, &eb)
+
+    def category(self, bytes pattern, int port=0):
+        """The payloads of the pattern's category's members, most seen first (None if it has
+        no category)."""
+        cdef uint32_t v, c
+        if self.g.port_root[<uint8_t>port] == NONE or not 0 < len(pattern) <= 0xFFFF:
+            return None
+        v = self._node_of(pattern, <uint8_t>port)
+        if v == NONE or self.g.nodes[v].cat == 0:
+            return None
+        c = self.g.nodes[v].cat
+        members = [u for u in range(self.g.n_nodes) if self.g.nodes[u].cat == c]
+        members.sort(key=lambda u: (-self.g.nodes[u].count, self._tie_key(u)))
+        return [self._payload(u) for u in members]
+
     def distribution(self, const uint8_t[::1] prompt, int port=0):
         """The full next-token distribution after the prompt, indexed by node id (for tests)."""
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m, v, n_vals
         cdef uint32_t vals[ATTN_WINDOW]
         cdef list starts = []
@@ -587,7 +652,7 @@ cdef class Core:
         (at most max_payload) some observed successor extends (strict: by at least one byte),
         return those successors with their probabilities and the length of the remainder; tr is
         left at that boundary. ({}, 0) if no learned pattern continues the tail."""
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m
         cdef Py_ssize_t j, n = prompt.shape[0]
         cdef Py_ssize_t first = bisect.bisect_left(starts, n - self.g.max_payload
@@ -611,7 +676,7 @@ cdef class Core:
         cdef size_t n = prompt.shape[0]
         cdef const uint8_t* p = &prompt[0] if n else NULL
         cdef TraceC tr
-        cdef uint32_t cis[MAX_CONTEXT + 8]
+        cdef uint32_t cis[MAX_ORDERS]
         cdef uint32_t m, v, best
         cdef Py_ssize_t j, ntok
         cdef double total, bp
@@ -698,11 +763,13 @@ cdef class Core:
         return self.g.nodes[v].port
 
     def stats(self):
-        cdef uint32_t v
+        cdef uint32_t v, embedded = 0
         levels = {}
         for v in range(self.g.n_nodes):
             if self.g.nodes[v].level > 0:
                 levels[self.g.nodes[v].level] = levels.get(self.g.nodes[v].level, 0) + 1
+            if self.g.nodes[v].cat:
+                embedded += 1
         return dict(
             nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
             trie_states=self.g.n_trie, payload_bytes=self.g.n_arena,
@@ -713,6 +780,7 @@ cdef class Core:
             pruned_contexts=self.g.pruned_ctxs, prunes=self.g.prunes,
             ports=sum(1 for i in range(256) if self.g.port_root[i] != NONE),
             attention_heads=self.g.attn_heads,
+            categories=self.g.n_cats, categorized_nodes=embedded,
         )
 
     # --- test hooks --------------------------------------------------------------------------
@@ -764,9 +832,19 @@ cdef class Core:
             nd = &g.nodes[v]
             if nd.payload_len != 1 or nd.port != 0 or g.arena[nd.payload_off] != v or nd.level != 0:
                 raise InvariantError(f"byte node {v} damaged")
+        if g.n_cats > g.cap_cats or g.n_cats > 0xFFFF:
+            raise InvariantError("more categories than their table holds")
+        for c in range(g.n_cats):
+            if g.cats[c].n > g.emb_dims or (g.cats[c].top == NONE) != (g.cats[c].n == 0):
+                raise InvariantError(f"category {c + 1} has a damaged profile")
+            for j in range(g.cats[c].n):
+                if g.cat_dims[<uint64_t>c * g.emb_dims + j] >= g.n_nodes:
+                    raise InvariantError(f"category {c + 1} names a missing node")
         for v in range(g.n_nodes):
             nd = &g.nodes[v]
             counts += nd.count
+            if nd.cat > g.n_cats or (nd.cat and nd.payload_len == 0):
+                raise InvariantError(f"node {v} names category {nd.cat} of {g.n_cats}")
             if <uint64_t>nd.payload_off + nd.payload_len > g.n_arena:
                 raise InvariantError(f"node {v} payload outside the arena")
             if nd.payload_len > g.max_payload or nd.level > g.max_levels:
@@ -925,7 +1003,7 @@ cdef class Core:
     def export_counts(self):
         """Record counts, counters and capacities (what the brain file's meta section holds)."""
         return dict(nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
-                    arena=self.g.n_arena)
+                    arena=self.g.n_arena, categories=self.g.n_cats)
 
     def export_range(self, str kind, uint32_t start, uint32_t stop):
         """Records [start, stop) of "nodes", "contexts" or "edges" in their file layout, or the
@@ -943,6 +1021,9 @@ cdef class Core:
         elif kind == "edges":
             stop = min(stop, g.n_edges)
             out = np.zeros(max(stop, start) - start, dtype=EDGE_DTYPE)
+        elif kind == "categories":
+            stop = min(stop, g.n_cats)
+            return self._export_cats(start, stop)
         else:
             raise ValueError(f"unknown kind {kind!r}")
         if stop > start:
@@ -961,8 +1042,10 @@ cdef class Core:
         cdef cnp.uint32_t[:] n_left = out["left"]
         cdef cnp.uint32_t[:] n_right = out["right"]
         cdef cnp.uint32_t[:] n_count = out["count"]
+        cdef cnp.uint16_t[:] n_cat = out["category"]
         cdef uint32_t v
         for v in range(start, stop):
+            n_cat[v - start] = self.g.nodes[v].cat
             n_len[v - start] = self.g.nodes[v].payload_len
             n_level[v - start] = self.g.nodes[v].level
             n_port[v - start] = self.g.nodes[v].port
@@ -975,6 +1058,48 @@ cdef class Core:
         cdef uint32_t v
         for v in range(start, stop):
             c_key[v - start] = ctx_key(&self.g.ctxs[v])
+
+    def _export_cats(self, uint32_t start, uint32_t stop):
+        """Category profiles [start, stop) in their file layout (cat_dtype): state, not derived,
+        since a profile is taken when its context's counts double (resumed training must
+        continue from the same ones)."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t c, j, d = g.emb_dims
+        out = np.zeros(max(stop, start) - start, dtype=cat_dtype(d))
+        for c in range(start, stop):
+            rec = out[c - start]
+            rec["top"] = g.cats[c].top
+            rec["n"] = g.cats[c].n
+            rec["refreshed"] = g.cats[c].refreshed
+            for j in range(g.cats[c].n):
+                rec["dims"][j] = g.cat_dims[<uint64_t>c * d + j]
+                rec["w"][j] = g.cat_w[<uint64_t>c * d + j]
+        return out
+
+    cdef _import_cats(self, profiles):
+        """Loading: category profiles (cat_dtype records), validated, then their chains."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t c, j, n, d = g.emb_dims, top
+        if len(profiles) != g.n_cats:
+            raise CorruptBrainError(f"{len(profiles)} category profiles for {g.n_cats} categories")
+        for c in range(g.n_cats):
+            rec = profiles[c]
+            n = int(rec["n"])
+            top = int(rec["top"])
+            if n > d or (n == 0) != (top == NONE):
+                raise CorruptBrainError(f"category {c + 1} has a damaged profile")
+            dims = rec["dims"][:n]
+            w = rec["w"][:n]
+            if n and (int(dims.max()) >= g.n_nodes or top not in dims or
+                      not np.all(np.isfinite(w)) or np.any(np.diff(dims.astype(np.int64)) <= 0)):
+                raise CorruptBrainError(f"category {c + 1} has a damaged profile")
+            g.cats[c].n = n
+            g.cats[c].top = top
+            g.cats[c].refreshed = int(rec["refreshed"])
+            for j in range(n):
+                g.cat_dims[<uint64_t>c * d + j] = dims[j]
+                g.cat_w[<uint64_t>c * d + j] = w[j]
+        cats_rechain(g)
 
     def export_meta(self):
         """Counters and table capacities (with export_counts, the meta section of a brain)."""
@@ -1009,19 +1134,25 @@ cdef class Core:
                     arena=self.export_range("arena", 0, counts["arena"]),
                     contexts=self.export_range("contexts", 0, counts["contexts"]),
                     edges=self.export_range("edges", 0, counts["edges"]),
-                    counters=counters, capacities=capacities)
+                    counters=counters, capacities=capacities, categories=counts["categories"],
+                    profiles=self.export_range("categories", 0, counts["categories"]))
 
     def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None,
-                     bint verify=True):
+                     bint verify=True, uint32_t categories=0, profiles=None):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count.
         capacities=None sizes the tables to fit (merge); saved capacities are checked for
         plausibility first. Raises CorruptBrainError (the Core stays empty and consistent) on any
         inconsistency. verify=False skips the final full check() (ids, offsets and counts are
-        still validated): for arrays built consistent by construction (merge)."""
+        still validated): for arrays built consistent by construction (merge). categories: how
+        many the nodes' category ids may name, profiles their profiles (cat_dtype records; None:
+        retaken from their contexts). A Core without embeddings drops them."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:
             raise ValueError("import_state needs an empty Core")
+        if categories > 0xFFFF:
+            raise CorruptBrainError(f"category count {categories} over 65535")
+        self._n_categories = categories
         if nn < N_BASE or nn > g.max_nodes or ne > g.max_edges:
             raise CorruptBrainError(f"node/edge counts ({nn}, {ne}) outside the brain's limits")
         lengths = np.asarray(nodes["length"], dtype=np.uint64)
@@ -1072,6 +1203,22 @@ cdef class Core:
         # cannot have exceeded it; a damaged one may claim anything -- a fuzz finding).
         if counters["peak_memory_bytes"] > g.pool.peak:
             g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
+        if g.max_cats and self._n_categories:
+            if cats_restore(g, self._n_categories) < 0:
+                err = g.pool.err
+                g.pool.err = ERR_NONE
+                store_free(g)
+                store_init(g)
+                if err == ERR_NOMEM:
+                    raise MemoryError("allocation failed while loading the categories")
+                raise CorruptBrainError("brain does not fit its own limits: its categories")
+            if profiles is not None:
+                try:
+                    self._import_cats(profiles)
+                except CorruptBrainError:
+                    store_free(g)
+                    store_init(g)
+                    raise
         try:
             if verify:
                 self._check(False, False)
@@ -1119,6 +1266,10 @@ cdef class Core:
         cdef const cnp.uint32_t[:] n_left = _aligned(nodes["left"])
         cdef const cnp.uint32_t[:] n_right = _aligned(nodes["right"])
         cdef const cnp.uint32_t[:] n_count = _aligned(nodes["count"])
+        cdef const cnp.uint16_t[:] n_cat = _aligned(nodes["category"])
+        cdef const cnp.uint16_t[:] n_reserved = _aligned(nodes["reserved"])
+        cdef uint32_t n_cats = self._n_categories
+        cdef bint keep_cats = g.max_cats != 0
         if nn:
             memcpy(g.arena, ap, len(arena))
         g.n_arena = len(arena)
@@ -1131,6 +1282,10 @@ cdef class Core:
                 raise CorruptBrainError(f"node {v} exceeds the brain's max_payload/max_levels")
             if (left == NONE) != (right == NONE) or (left != NONE and (left >= v or right >= v)):
                 raise CorruptBrainError(f"node {v} has invalid components")
+            if n_cat[v] > n_cats or (n_cat[v] and length == 0):
+                raise CorruptBrainError(f"node {v} names category {n_cat[v]} of {n_cats}")
+            if n_reserved[v]:
+                raise CorruptBrainError(f"node {v}: reserved field set")
             nd.payload_off = <uint32_t>off
             nd.payload_len = length
             nd.level = n_level[v]
@@ -1139,6 +1294,7 @@ cdef class Core:
             nd.right = right
             nd.count = n_count[v]
             nd.aux = 0
+            nd.cat = n_cat[v] if keep_cats else 0
             nd.first = ap[off] if length else 0
             nd.poly = poly_bytes(g.arena + off, length) if length or v == STOP else MARKER_POLY()
             nd.key = node_key(nd.poly, nd.port, length)

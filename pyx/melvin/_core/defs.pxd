@@ -5,12 +5,15 @@ cdef extern from *:
     """
     #define MELVIN_NONE 0xFFFFFFFFu
     #define MELVIN_MAX_CONTEXT 32
+    #define MELVIN_MAX_ORDERS (MELVIN_MAX_CONTEXT + 9)
     #define MELVIN_ATTN_WINDOW 128
     #define MELVIN_STOP 256u
     #define MELVIN_N_BASE 257u
     """
     const uint32_t NONE "MELVIN_NONE"            # "no id" sentinel for every id space
     const int MAX_CONTEXT "MELVIN_MAX_CONTEXT"   # upper bound of Limits.context_len
+    const int MAX_ORDERS "MELVIN_MAX_ORDERS"     # contexts of one prediction: 8 byte, the token
+                                                 # contexts and a category
     const int ATTN_WINDOW "MELVIN_ATTN_WINDOW"   # tokens of the episode the attention heads see (2^k)
     const uint32_t STOP "MELVIN_STOP"            # node id of the end-of-episode node
     const uint32_t N_BASE "MELVIN_N_BASE"        # 256 text byte nodes + STOP exist from the start
@@ -42,6 +45,7 @@ cdef struct NodeC:
     uint32_t state         # trie state where the payload ends (NONE for STOP)
     uint8_t first          # first payload byte (0 if empty): lets exclusion reject most tokens
                            # without a trie probe (fits in the struct's padding)
+    uint16_t cat           # category (1-based; 0: none), see embed.pxd (also in the padding)
 
 
 # A context: the last k tokens, hashed. Its successors are a singly linked list of edges.
@@ -77,6 +81,14 @@ cdef struct TrieC:
     uint8_t byte           # the last byte of the prefix (a root: its port)
     uint8_t branching      # two or more children: the walk asks the index instead of reading the
                            # first child, which is the right one only ~5% of the time there
+
+
+# A category (embed.pxd); its profile lives in GraphC.cat_dims/cat_w at index * emb_dims.
+cdef struct CatC:
+    uint32_t top           # the profile's strongest dim (its lookup chain), NONE if empty
+    uint32_t next          # next category in the same chain
+    uint32_t n             # non-zeros of the profile
+    uint32_t refreshed     # the category context's total when the profile was taken
 
 
 # Open-addressing index of dense-array positions. Slots hold position+1 (0 = empty); keys live in the

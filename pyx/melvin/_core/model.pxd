@@ -13,7 +13,7 @@ cdef struct TraceC:
     uint32_t pending               # token being learned; protected and remapped by pruning
     uint32_t n_seen                # tokens pushed since the episode began
     uint32_t seen[ATTN_WINDOW]
-    uint8_t kinds[MAX_CONTEXT + 8] # smoothing kind of each context trace_contexts found (KIND_*)
+    uint8_t kinds[MAX_ORDERS] # smoothing kind of each context trace_contexts found (KIND_*)
 
 
 cdef void trace_reset(TraceC* t) noexcept nogil
@@ -43,7 +43,8 @@ cdef enum:
     KIND_MID = 1                   # byte contexts of 4 to 11 bytes
     KIND_LONG = 2                  # byte contexts of 12 bytes and more
     KIND_TOKEN = 3                 # token contexts
-    N_KINDS = 4
+    KIND_CAT = 4                   # the previous token's category
+    N_KINDS = 5
 
 cdef SmoothC SMOOTH_SCORE[N_KINDS]  # calibrated probabilities: predict, score
 cdef SmoothC SMOOTH_RECALL      # greedy generation: trusts memorised (deterministic) contexts more

@@ -50,6 +50,11 @@ cdef struct GraphC:
     IndexC ctx_ix
     IndexC edge_ix
     IndexC trie_ix
+    CatC* cats                     # categories (embed.pxd)
+    uint32_t* cat_dims             # their profiles, emb_dims per category
+    float* cat_w
+    uint32_t* cat_head             # lookup chains by the profile's strongest dim, 2 * cap_cats
+    uint32_t n_cats, cap_cats
     uint32_t port_root[256]        # trie root state of each port (NONE until the port is used)
     uint32_t port_marker[256]      # node that switches the episode to this port (NONE until used)
     # limits
@@ -63,6 +68,8 @@ cdef struct GraphC:
     uint32_t byte_orders[8]        # lengths of the byte-suffix contexts, ascending
     uint32_t attn_heads            # attention heads over the episode's tokens (0: off)
     uint32_t word_tokens           # text-port patterns stay within one word (see _splits_words)
+    uint32_t emb_dims              # non-zeros of an embedding (0: no embeddings, no categories)
+    uint32_t max_cats
     # counters
     uint64_t total_count           # sum of node counts (order-0 normaliser)
     uint64_t bytes_fed
@@ -77,6 +84,8 @@ cdef struct GraphC:
 
 cdef int store_init(GraphC* g) noexcept nogil
 cdef void store_free(GraphC* g) noexcept nogil
+# The categories' arrays (embed.pxd); n_cats is left to the caller.
+cdef void cats_free(GraphC* g) noexcept nogil
 cdef size_t store_accounted(GraphC* g) noexcept nogil
 
 # Ensure room for `extra` more items (array and index). -1 with g.pool.err on failure.

@@ -13,6 +13,8 @@ cdef int store_init(GraphC* g) noexcept nogil:
 
 
 cdef void store_free(GraphC* g) noexcept nogil:
+    cats_free(g)
+    g.n_cats = 0
     free(g.excl.slots)                   # query scratch (libc, not the pool): see ExclC
     free(g.excl.ids)
     free(g.excl.pre)
@@ -41,7 +43,9 @@ cdef size_t store_accounted(GraphC* g) noexcept nogil:
             + <size_t>g.cap_edges * sizeof(EdgeC) + <size_t>g.cap_trie * sizeof(TrieC)
             + <size_t>g.cap_arena
             + (g.node_ix.capacity + g.ctx_ix.capacity + g.edge_ix.capacity + g.trie_ix.capacity)
-            * sizeof(uint32_t))
+            * sizeof(uint32_t)
+            + <size_t>g.cap_cats * (sizeof(CatC) + g.emb_dims * (sizeof(uint32_t) + sizeof(float))
+                                    + 2 * sizeof(uint32_t)))
 
 
 cdef int _grow(GraphC* g, void** ptr, uint32_t* capacity, uint64_t need, size_t itemsize,
@@ -242,6 +246,7 @@ cdef uint32_t append_node(GraphC* g, const uint8_t* payload, uint32_t length, ui
     n.right = right
     n.count = 0
     n.aux = 0
+    n.cat = 0
     n.state = NONE
     n.first = payload[0] if length else 0
     g.n_arena += length
@@ -564,3 +569,16 @@ cdef void caps_restore(GraphC* g, uint64_t* caps) noexcept nogil:
     _restore_index(g, &g.ctx_ix, 1, g.n_ctxs, caps[6])
     _restore_index(g, &g.edge_ix, 2, g.n_edges, caps[7])
     _restore_index(g, &g.trie_ix, 3, g.n_trie, caps[8])
+
+
+cdef void cats_free(GraphC* g) noexcept nogil:
+    cdef uint64_t d = g.emb_dims
+    pool_free(&g.pool, g.cats, g.cap_cats, sizeof(CatC))
+    pool_free(&g.pool, g.cat_dims, g.cap_cats * d, sizeof(uint32_t))
+    pool_free(&g.pool, g.cat_w, g.cap_cats * d, sizeof(float))
+    pool_free(&g.pool, g.cat_head, 2 * <uint64_t>g.cap_cats, sizeof(uint32_t))
+    g.cats = NULL
+    g.cat_dims = NULL
+    g.cat_w = NULL
+    g.cat_head = NULL
+    g.cap_cats = 0
