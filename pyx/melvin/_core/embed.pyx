@@ -28,8 +28,7 @@ cdef void embed_ctx(GraphC* g, uint32_t ci, EmbC* out) noexcept nogil:
     counts only), weights their counts, L2-normalised, dims ascending."""
     cdef uint32_t cnt[EMB_MAX]
     cdef uint32_t k = g.emb_dims if g.emb_dims <= EMB_MAX else EMB_MAX
-    cdef uint32_t n = 0, e, c, d, i, td
-    cdef float tw
+    cdef uint32_t n = 0, e, c, d, i
     cdef double norm = 0.0
     out.n = 0
     if ci == NONE or k == 0:
@@ -56,18 +55,24 @@ cdef void embed_ctx(GraphC* g, uint32_t ci, EmbC* out) noexcept nogil:
     norm = sqrt(norm) if norm > 0 else 1.0
     for i in range(n):
         out.w[i] = <float>(cnt[i] / norm)
-    # dims ascending, for merge-style cosines
-    for i in range(1, n):
-        td = out.dims[i]
-        tw = out.w[i]
-        c = i
-        while c > 0 and out.dims[c - 1] > td:
-            out.dims[c] = out.dims[c - 1]
-            out.w[c] = out.w[c - 1]
-            c -= 1
-        out.dims[c] = td
-        out.w[c] = tw
     out.n = n
+    _sort_dims(out)
+
+
+cdef void _sort_dims(EmbC* e) noexcept nogil:
+    """Dims ascending (insertion sort: at most EMB_MAX), for merge-style cosines."""
+    cdef uint32_t i, k, td
+    cdef float tw
+    for i in range(1, e.n):
+        td = e.dims[i]
+        tw = e.w[i]
+        k = i
+        while k > 0 and e.dims[k - 1] > td:
+            e.dims[k] = e.dims[k - 1]
+            e.w[k] = e.w[k - 1]
+            k -= 1
+        e.dims[k] = td
+        e.w[k] = tw
 
 
 cdef double emb_cosine(const EmbC* a, const EmbC* b) noexcept nogil:
@@ -266,8 +271,7 @@ cdef void cats_map(GraphC* g, GraphC* o, const uint32_t* nmap, uint32_t* catmap)
     profile (o's dims mapped to g's nodes by nmap): the same category where the profiles agree
     (a graph merged with its own copy keeps its numbering), else as a node is placed."""
     cdef EmbC e
-    cdef uint32_t c, j, k, td, idx
-    cdef float tw
+    cdef uint32_t c, j, idx
     catmap[0] = 0
     for c in range(o.n_cats):
         catmap[c + 1] = 0
@@ -279,16 +283,7 @@ cdef void cats_map(GraphC* g, GraphC* o, const uint32_t* nmap, uint32_t* catmap)
                 e.dims[e.n] = nmap[o.cat_dims[<uint64_t>c * o.emb_dims + j]]
                 e.w[e.n] = o.cat_w[<uint64_t>c * o.emb_dims + j]
                 e.n += 1
-        for j in range(1, e.n):             # g's ids may order them differently
-            td = e.dims[j]
-            tw = e.w[j]
-            k = j
-            while k > 0 and e.dims[k - 1] > td:
-                e.dims[k] = e.dims[k - 1]
-                e.w[k] = e.w[k - 1]
-                k -= 1
-            e.dims[k] = td
-            e.w[k] = tw
+        _sort_dims(&e)                      # g's ids may order them differently
         if e.n == 0:
             continue
         idx = _place(g, &e, c)
