@@ -1204,7 +1204,7 @@ cdef class Core:
         if counters["peak_memory_bytes"] > g.pool.peak:
             g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
         if g.max_cats and self._n_categories:
-            if cats_restore(g, self._n_categories) < 0:
+            if cats_restore(g, self._n_categories, profiles is None) < 0:
                 err = g.pool.err
                 g.pool.err = ERR_NONE
                 store_free(g)

@@ -333,11 +333,12 @@ cdef uint64_t _capacity_for(GraphC* g, uint32_t n) noexcept nogil:
     return cap
 
 
-cdef int cats_restore(GraphC* g, uint32_t n) noexcept nogil:
+cdef int cats_restore(GraphC* g, uint32_t n, bint rebuild) noexcept nogil:
     if n > g.cap_cats and _cats_grow(g, _capacity_for(g, n)) < 0:
         return -1
     g.n_cats = n
-    cats_rebuild(g)
+    if rebuild:
+        cats_rebuild(g)
     return 0
 
 
