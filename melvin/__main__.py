@@ -44,6 +44,7 @@ def cmd_demo(args) -> int:
           f"({nbytes / dt / 1e6:.2f} MB/s)")
     print(f"nodes {s['nodes']}  contexts {s['contexts']}  edges {s['edges']}  "
           f"hierarchy levels {s['hierarchy_levels']}")
+    print(f"categories {s['categories']} ({s['embeddings']} patterns placed by their embeddings)")
     print(f"memory {s['memory_bytes'] / 1e6:.1f} MB ({s['bytes_per_edge']:.1f} B/edge)")
     print(f"held-out bits per byte: {_bpb(g, heldout):.3f}  (8.0 = no model)")
     for prompt in (b"The \"assert\" statement", b"The simple form, ", b"Assignment statements are",
