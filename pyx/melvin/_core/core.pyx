@@ -1111,7 +1111,7 @@ cdef class Core:
         capacities = dict(nodes=g.cap_nodes, contexts=g.cap_ctxs, edges=g.cap_edges,
                           trie=g.cap_trie, arena=g.cap_arena, node_index=g.node_ix.capacity,
                           context_index=g.ctx_ix.capacity, edge_index=g.edge_ix.capacity,
-                          trie_index=g.trie_ix.capacity)
+                          trie_index=g.trie_ix.capacity, categories=g.cap_cats)
         return counters, capacities
 
     cdef _fill_edges(self, out, uint32_t start, uint32_t stop):
@@ -1203,8 +1203,14 @@ cdef class Core:
         # cannot have exceeded it; a damaged one may claim anything -- a fuzz finding).
         if counters["peak_memory_bytes"] > g.pool.peak:
             g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
+        cat_cap = int(capacities.get("categories", 0)) if capacities is not None else 0
+        if cat_cap and not self._n_categories <= cat_cap <= max(8, 2 * self._n_categories):
+            store_free(g)
+            store_init(g)
+            raise CorruptBrainError(f"categories capacity {cat_cap} implausible for "
+                                    f"{self._n_categories} categories")
         if g.max_cats and self._n_categories:
-            if cats_restore(g, self._n_categories, profiles is None) < 0:
+            if cats_restore(g, self._n_categories, profiles is None, cat_cap) < 0:
                 err = g.pool.err
                 g.pool.err = ERR_NONE
                 store_free(g)

@@ -44,8 +44,9 @@ cdef void cats_map(GraphC* g, GraphC* o, const uint32_t* nmap, uint32_t* catmap)
 cdef void cats_rebuild(GraphC* g) noexcept nogil
 # The lookup chains from the profiles as they are.
 cdef void cats_rechain(GraphC* g) noexcept nogil
-# Loading: room for n categories (their profiles empty), then cats_rebuild if asked (else the
-# caller fills the profiles and calls cats_rechain). -1 with g.pool.err on failure.
-cdef int cats_restore(GraphC* g, uint32_t n, bint rebuild) noexcept nogil
+# Loading: room for n categories (`capacity`, the saved one, if at least n; else as training
+# would have grown it), their profiles empty, then cats_rebuild if asked (else the caller fills
+# the profiles and calls cats_rechain). -1 with g.pool.err on failure.
+cdef int cats_restore(GraphC* g, uint32_t n, bint rebuild, uint32_t capacity) noexcept nogil
 # Memory of the categories' table as loading sizes it (a function of the contents).
 cdef uint64_t cats_bytes(GraphC* g) noexcept nogil

@@ -333,8 +333,10 @@ cdef uint64_t _capacity_for(GraphC* g, uint32_t n) noexcept nogil:
     return cap
 
 
-cdef int cats_restore(GraphC* g, uint32_t n, bint rebuild) noexcept nogil:
-    if n > g.cap_cats and _cats_grow(g, _capacity_for(g, n)) < 0:
+cdef int cats_restore(GraphC* g, uint32_t n, bint rebuild, uint32_t capacity) noexcept nogil:
+    if capacity < n:
+        capacity = <uint32_t>_capacity_for(g, n)
+    if capacity > g.cap_cats and _cats_grow(g, capacity) < 0:
         return -1
     g.n_cats = n
     if rebuild:
