@@ -228,7 +228,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
         raise CorruptBrainError(f"meta.counts.categories invalid: {counts['categories']}")
     counters = _int_map(meta.get("counters"), COUNTER_NAMES, "meta.counters")
     capacities = _int_map(meta.get("capacities"), CAPACITY_NAMES, "meta.capacities")
-    if version >= 2:                     # the categories' table, as training had grown it
+    if "categories" in meta["capacities"]:   # the categories' table, as training had grown it
         capacities.update(_int_map(meta["capacities"], ("categories",), "meta.capacities"))
     seed = meta.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -690,7 +690,7 @@ def test_hostile_categories(brain):
                _meta_with(buf, lambda m: m["counts"].__setitem__("categories", 1 << 40)),
                _meta_with(buf, lambda m: m["capacities"].__setitem__("categories", n_cats - 1)),
                _meta_with(buf, lambda m: m["capacities"].__setitem__("categories", 1 << 20)),
-               _meta_with(buf, lambda m: m["capacities"].pop("categories"))]
+               _meta_with(buf, lambda m: m["capacities"].__setitem__("categories", "8"))]
     for bad in hostile:
         with pytest.raises(melvin.CorruptBrainError):
             loads(bad)
