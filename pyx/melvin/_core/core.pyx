@@ -180,7 +180,7 @@ cdef class Core:
         if embedding_dims > EMB_MAX or max_categories > 0xFFFF:
             raise ValueError(f"embedding_dims: at most {EMB_MAX}; max_categories: at most 65535")
         self.g.emb_dims = embedding_dims
-        self.g.max_cats = max_categories if embedding_dims else 0
+        self.g.max_cats = max_categories if embedding_dims else 0   # 0: no categories at all
         if len(byte_orders) > 8 or list(byte_orders) != sorted(set(byte_orders)) or \
                 any(not 1 <= b <= 64 for b in byte_orders):
             raise ValueError("byte_orders: up to 8 distinct ascending lengths in [1, 64]")
@@ -1062,43 +1062,59 @@ cdef class Core:
     def _export_cats(self, uint32_t start, uint32_t stop):
         """Category profiles [start, stop) in their file layout (cat_dtype): state, not derived,
         since a profile is taken when its context's counts double (resumed training must
-        continue from the same ones)."""
+        continue from the same ones). Slots past a profile's n are written as zeros."""
         cdef GraphC* g = &self.g
-        cdef uint32_t c, j, d = g.emb_dims
+        cdef uint32_t c, d = g.emb_dims
         out = np.zeros(max(stop, start) - start, dtype=cat_dtype(d))
+        if stop <= start:
+            return out
+        head = np.empty((stop - start, 3), np.uint32)
+        cdef cnp.uint32_t[:, :] hv = head
         for c in range(start, stop):
-            rec = out[c - start]
-            rec["top"] = g.cats[c].top
-            rec["n"] = g.cats[c].n
-            rec["refreshed"] = g.cats[c].refreshed
-            for j in range(g.cats[c].n):
-                rec["dims"][j] = g.cat_dims[<uint64_t>c * d + j]
-                rec["w"][j] = g.cat_w[<uint64_t>c * d + j]
+            hv[c - start, 0] = g.cats[c].top
+            hv[c - start, 1] = g.cats[c].n
+            hv[c - start, 2] = g.cats[c].refreshed
+        out["top"], out["n"], out["refreshed"] = head[:, 0], head[:, 1], head[:, 2]
+        if d:
+            keep = np.arange(d) < head[:, 1:2]
+            dims = np.asarray(<cnp.uint32_t[:(stop - start) * d]>(g.cat_dims + <uint64_t>start * d))
+            w = np.asarray(<float[:(stop - start) * d]>(g.cat_w + <uint64_t>start * d))
+            out["dims"] = np.where(keep, dims.reshape(-1, d), 0)
+            out["w"] = np.where(keep, w.reshape(-1, d), 0)
         return out
 
     cdef _import_cats(self, profiles):
         """Loading: category profiles (cat_dtype records), validated, then their chains."""
         cdef GraphC* g = &self.g
-        cdef uint32_t c, j, n, d = g.emb_dims, top
+        cdef uint32_t c, d = g.emb_dims
         if len(profiles) != g.n_cats:
             raise CorruptBrainError(f"{len(profiles)} category profiles for {g.n_cats} categories")
+        n = profiles["n"].astype(np.int64)
+        top = profiles["top"].astype(np.int64)
+        keep = np.arange(d) < n[:, None]
+        dims = np.where(keep, profiles["dims"], 0).astype(np.uint32)
+        w = np.where(keep, profiles["w"], 0).astype(np.float32)
+        # each profile: n <= d, a top exactly when n > 0 and among its dims, dims ascending and
+        # naming nodes, finite weights
+        bad = (n > d) | ((n == 0) != (top == NONE))
+        bad |= (n > 0) & ~((dims == top[:, None]) & keep).any(axis=1)
+        bad |= (dims >= g.n_nodes).any(axis=1) | ~np.isfinite(w).all(axis=1)
+        if d > 1:
+            bad |= (keep[:, 1:] & (dims[:, 1:].astype(np.int64) <= dims[:, :-1])).any(axis=1)
+        if bad.any():
+            raise CorruptBrainError(f"category {int(np.argmax(bad)) + 1} has a damaged profile")
+        cdef const cnp.int64_t[:] nv = n
+        cdef const cnp.int64_t[:] tv = top
+        cdef const cnp.uint32_t[:] rv = _aligned(profiles["refreshed"])
         for c in range(g.n_cats):
-            rec = profiles[c]
-            n = int(rec["n"])
-            top = int(rec["top"])
-            if n > d or (n == 0) != (top == NONE):
-                raise CorruptBrainError(f"category {c + 1} has a damaged profile")
-            dims = rec["dims"][:n]
-            w = rec["w"][:n]
-            if n and (int(dims.max()) >= g.n_nodes or top not in dims or
-                      not np.all(np.isfinite(w)) or np.any(np.diff(dims.astype(np.int64)) <= 0)):
-                raise CorruptBrainError(f"category {c + 1} has a damaged profile")
-            g.cats[c].n = n
-            g.cats[c].top = top
-            g.cats[c].refreshed = int(rec["refreshed"])
-            for j in range(n):
-                g.cat_dims[<uint64_t>c * d + j] = dims[j]
-                g.cat_w[<uint64_t>c * d + j] = w[j]
+            g.cats[c].n = <uint32_t>nv[c]
+            g.cats[c].top = <uint32_t>tv[c]
+            g.cats[c].refreshed = rv[c]
+        if g.n_cats and d:
+            dims = np.ascontiguousarray(dims)
+            w = np.ascontiguousarray(w)
+            memcpy(g.cat_dims, cnp.PyArray_DATA(dims), <size_t>g.n_cats * d * sizeof(uint32_t))
+            memcpy(g.cat_w, cnp.PyArray_DATA(w), <size_t>g.n_cats * d * sizeof(float))
         cats_rechain(g)
 
     def export_meta(self):

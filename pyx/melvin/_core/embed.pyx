@@ -249,7 +249,7 @@ cdef uint32_t _place(GraphC* g, EmbC* e, uint32_t prefer) noexcept nogil:
 cdef void categorize(GraphC* g, uint32_t u, uint32_t ci) noexcept nogil:
     cdef EmbC e, ce
     cdef uint32_t best, cci
-    if g.max_cats == 0 or g.emb_dims == 0:
+    if g.max_cats == 0:
         return
     embed_ctx(g, ci, &e)
     if e.n == 0:
@@ -275,7 +275,7 @@ cdef void cats_map(GraphC* g, GraphC* o, const uint32_t* nmap, uint32_t* catmap)
     catmap[0] = 0
     for c in range(o.n_cats):
         catmap[c + 1] = 0
-        if g.max_cats == 0 or g.emb_dims == 0:
+        if g.max_cats == 0:
             continue
         e.n = 0
         for j in range(o.cats[c].n):
