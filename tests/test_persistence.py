@@ -1,4 +1,5 @@
 """Brain files: exact round trips, atomic saves, and clean CorruptBrainError on any damage."""
+import contextlib
 import json
 import random
 import signal
@@ -129,6 +130,28 @@ def test_round_trip_continues_identically(wiki_lines):
     copy.check()
     _same_model(original, copy, PROBES)
     assert dumps(original) == dumps(copy)
+
+
+@pytest.mark.parametrize("count", [False, True])
+def test_partitioned_index_fills_change_nothing(wiki_lines, count):
+    """Filling indexes by partition (loading, growing and shrinking big indexes) gives the same
+    lookups as filling them item by item: the same brain trains, saves and loads identically."""
+    def train(lines, g=None):
+        g = g or melvin.Graph(melvin.Limits(max_memory="1M", context_len=4), seed=3)
+        for line in lines:
+            g.feed(line)
+        return g
+    plain = train(wiki_lines[:300])                  # prunes to stay under 1M: indexes shrink
+    with _partitioned_fills(count):
+        parted = train(wiki_lines[:300])
+        assert parted.check() and parted.stats()["prunes"] > 0
+        assert dumps(parted) == dumps(plain)
+        loaded = loads(dumps(plain))
+        assert loaded.check()
+        _same_model(loaded, plain, PROBES)
+        train(wiki_lines[300:320], loaded)
+    train(wiki_lines[300:320], plain)
+    assert dumps(loaded) == dumps(plain)
 
 
 def test_round_trip_file(brain, tmp_path):
@@ -445,10 +468,35 @@ def _repeat_node(brain, buf):
     return _join({**s, "nodes": nodes.tobytes(), "arena": bytes(arena)})
 
 
+@contextlib.contextmanager
+def _partitioned_fills(count=False):
+    """Fill every index by partition (big indexes are), in 8-slot partitions, so probe runs cross
+    partition boundaries and wrap around the table; count: by the counting sort that skewed
+    hashes fall back to."""
+    from melvin._core import store
+    old = store._set_partition_fill(1, 3, count)
+    try:
+        yield
+    finally:
+        store._set_partition_fill(*old)
+
+
+@pytest.fixture(params=["item", "partitioned", "counted"])
+def fills(request):
+    """Every way of filling an index: item by item, and by partition (big indexes), placed in
+    one pass or counted first."""
+    if request.param == "item":
+        yield
+    else:
+        with _partitioned_fills(count=request.param == "counted"):
+            yield
+
+
 @pytest.mark.parametrize("threaded", [False, True])
-def test_repeated_records_are_refused_while_indexing(brain, monkeypatch, threaded):
+def test_repeated_records_are_refused_while_indexing(brain, monkeypatch, threaded, fills):
     """Loading indexes nodes, contexts and edges refusing repeats (instead of probing for each
-    afterwards), on one thread or with the edges on a second one (big brains)."""
+    afterwards), on one thread or with the edges on a second one (big brains), whichever way
+    the indexes are filled."""
     from melvin._core import core
     monkeypatch.setattr(core, "PARALLEL_LOAD_EDGES", 0 if threaded else 1 << 40)
     buf = dumps(brain)
