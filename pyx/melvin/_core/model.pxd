@@ -14,6 +14,10 @@ cdef struct TraceC:
     uint32_t n_seen                # tokens pushed since the episode began
     uint32_t seen[ATTN_WINDOW]
     uint8_t kinds[MAX_ORDERS] # smoothing kind of each context trace_contexts found (KIND_*)
+    # Learning: the next step's context keys, computed (and their index slots prefetched) as
+    # the last step ended; n_next = 0 when there are none (any other push or a reset).
+    uint32_t n_next
+    uint64_t next_keys[MAX_ORDERS]
 
 
 cdef void trace_reset(TraceC* t) noexcept nogil

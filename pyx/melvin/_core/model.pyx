@@ -30,11 +30,13 @@ cdef void trace_reset(TraceC* t) noexcept nogil:
     t.n = 1
     t.pending = NONE
     t.n_seen = 0
+    t.n_next = 0
 
 
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
     cdef uint32_t i
     cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
+    t.n_next = 0
     i = n - 1
     while i > 0:
         t.ids[i] = t.ids[i - 1]
@@ -405,7 +407,11 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan
     cdef bint pruned = False, has_cat
     tr.pending = v
-    n = trace_keys(g, tr, keys)
+    if tr.n_next:                         # computed (and prefetched) at the end of the last step
+        n = tr.n_next
+        memcpy(keys, tr.next_keys, n * sizeof(uint64_t))
+    else:
+        n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
     _lookup_all(g, keys, n, v, found)
     # A category counts its members' continuations while they are rarely seen (CAT_COUNT_MAX)
@@ -421,6 +427,14 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
         edges[n] = EDGE_UNKNOWN
         n_plan += 1
         n += 1
+    # The contexts to create take the next ids in plan order: their new edges' index slots are
+    # known already (the long byte context is new at almost every token).
+    if g.edge_ix.capacity:
+        j = 0
+        for i in range(n_plan):
+            if found[plan[i]] == NONE:
+                prefetch(&g.edge_ix.slots[fastrange(edge_hash(g.n_ctxs + j, v), g.edge_ix.capacity)])
+                j += 1
     i = 0
     while i < n_plan:
         k = plan[i]
@@ -454,6 +468,12 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
         trie_add_count(g, v, 1)
     tr.pending = NONE
     trace_push(tr, v, MAX_CONTEXT)
+    # The next step's contexts follow from the history alone: fetching their index slots now
+    # overlaps those misses with tokenizing the next token.
+    if v != STOP and g.ctx_ix.capacity:
+        tr.n_next = trace_keys(g, tr, tr.next_keys)
+        for k in range(tr.n_next):
+            prefetch(&g.ctx_ix.slots[fastrange(tr.next_keys[k], g.ctx_ix.capacity)])
     return 0
 
 
