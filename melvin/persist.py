@@ -179,6 +179,10 @@ def _int_map(d, names, what) -> dict:
     return out
 
 
+# Sections smaller than this are not worth a system call to release.
+_RELEASE_MIN = 1 << 20
+
+
 def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     """Rebuild a Graph from save()'s bytes (any buffer: bytes, mmap). Checksums, ids, offsets and
     counts are always validated, and repeated patterns, contexts and edges are refused while they
@@ -189,6 +193,23 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     from melvin.graph import Graph
 
     view = memoryview(buf)
+    offsets = {}
+
+    def release(name, offset=None, length=None):
+        """Drop a file mapping's pages of a section once read (they stay in the page cache, so
+        reading them again costs a minor fault): mapped pages count in the process's RSS, and
+        loading holds the graph and its indexing scratch at the same time."""
+        if offset is None:
+            offset, length = offsets[name]
+        offsets[name] = (offset, length)
+        if isinstance(buf, _mmap.mmap) and hasattr(buf, "madvise") and \
+                hasattr(_mmap, "MADV_DONTNEED") and length >= _RELEASE_MIN:
+            start = offset - offset % _mmap.PAGESIZE
+            try:
+                buf.madvise(_mmap.MADV_DONTNEED, start, offset + length - start)
+            except OSError:   # pragma: no cover - only a saving; the pages stay valid
+                pass
+
     if len(view) < _HEAD.size:
         raise CorruptBrainError("file too short for a melvin brain")
     magic, version, count = _HEAD.unpack_from(view, 0)
@@ -218,6 +239,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
         data = view[offset:offset + length]
         if crc32(data) != crc:
             raise CorruptBrainError(f"section {name} checksum mismatch")
+        release(name, offset, length)
         sections[name] = data
     try:
         saved_limits = Limits.from_dict(_json(sections["limits"], "limits"))
@@ -264,7 +286,8 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     core = Core(**use.core_kwargs(), empty=True)
     core.import_state(arrays["nodes"], bytes(sections["arena"]), arrays["contexts"],
                       arrays["edges"], counters, capacities, verify=verify,
-                      categories=counts.get("categories", 0), profiles=profiles)
+                      categories=counts.get("categories", 0), profiles=profiles,
+                      release=release)
     return Graph(use, seed, _core=core)
 
 

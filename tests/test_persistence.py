@@ -154,6 +154,32 @@ def test_partitioned_index_fills_change_nothing(wiki_lines, count):
     assert dumps(loaded) == dumps(plain)
 
 
+def test_loading_a_mapped_file_releases_its_pages(brain, tmp_path, monkeypatch):
+    """Loading drops the file mapping's pages of each section once it has read them (so the
+    mapping does not add the file's size to the peak RSS); what it loads is unchanged, and the
+    sections are read again after their checksums were taken."""
+    import mmap
+    import types
+    released = []
+
+    class Spy(mmap.mmap):
+        def madvise(self, option, start=0, length=None):
+            released.append((option, start, length))
+            return super().madvise(option, start, length)
+
+    shim = types.SimpleNamespace(**{k: getattr(mmap, k) for k in dir(mmap) if k.isupper()},
+                                 mmap=Spy)
+    monkeypatch.setattr(persist, "_RELEASE_MIN", 0)
+    monkeypatch.setattr(persist, "_mmap", shim)
+    path = tmp_path / "brain.mlv"
+    brain.save(path)
+    g = melvin.load(path)
+    assert g.check() and dumps(g) == dumps(brain)
+    assert released and all(opt == mmap.MADV_DONTNEED and start % mmap.PAGESIZE == 0
+                            for opt, start, _ in released)
+    assert len(released) >= len(persist._SECTIONS) + 2    # each section, then contexts and edges
+
+
 def test_round_trip_file(brain, tmp_path):
     path = tmp_path / "brain.mlvn"
     brain.save(path)

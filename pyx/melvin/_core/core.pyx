@@ -1154,14 +1154,16 @@ cdef class Core:
                     profiles=self.export_range("categories", 0, counts["categories"]))
 
     def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None,
-                     bint verify=True, uint32_t categories=0, profiles=None):
+                     bint verify=True, uint32_t categories=0, profiles=None, release=None):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count.
         capacities=None sizes the tables to fit (merge); saved capacities are checked for
         plausibility first. Raises CorruptBrainError (the Core stays empty and consistent) on any
         inconsistency. verify=False skips the final full check() (ids, offsets and counts are
         still validated): for arrays built consistent by construction (merge). categories: how
         many the nodes' category ids may name, profiles their profiles (cat_dtype records; None:
-        retaken from their contexts). A Core without embeddings drops them."""
+        retaken from their contexts). A Core without embeddings drops them. release: called
+        with "contexts", then "edges", once those records have been read (loading frees the
+        file pages holding them)."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:
@@ -1194,7 +1196,7 @@ cdef class Core:
                 if (cap < 64 and cap != 0) or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
                     raise CorruptBrainError(f"{name} capacity {cap} implausible")
         try:
-            self._load_arrays(nodes, arena, ctxs, edges, capacities)
+            self._load_arrays(nodes, arena, ctxs, edges, capacities, release)
         except CapExceeded as exc:
             store_free(g)
             store_init(g)
@@ -1251,7 +1253,7 @@ cdef class Core:
         excl_settled(g)
 
     def _index_edges(self, list out, decoded, copied, lists, const uint8_t[::1] e_raw,
-                     uint32_t nc, uint32_t nn):
+                     uint32_t nc, uint32_t nn, release=None):
         """Loading: decode and validate the edge records, then index them (on a second thread
         for big brains, see PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first
         repeated edge (each NONE if none) to out, setting the event `decoded` in between; then,
@@ -1265,6 +1267,8 @@ cdef class Core:
             out.append(bad)
         finally:
             decoded.set()
+        if release is not None:
+            release("edges")
         if bad == NONE:
             with nogil:
                 dup = rebuild_index(&self.g, 2)
@@ -1326,7 +1330,7 @@ cdef class Core:
             off += length
             g.n_nodes = v + 1
 
-    cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities):
+    cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities, release):
         cdef GraphC* g = &self.g
         cdef uint32_t c, nn = len(nodes), nc = len(ctxs), ne = len(edges)
         cdef uint32_t dup_node, dup_ctx
@@ -1355,7 +1359,8 @@ cdef class Core:
         worker = None
         if ne >= PARALLEL_LOAD_EDGES:
             worker = threading.Thread(target=self._index_edges,
-                                      args=(edges_done, decoded, copied, lists, e_raw, nc, nn))
+                                      args=(edges_done, decoded, copied, lists, e_raw, nc, nn,
+                                            release))
             worker.start()
         try:
             with nogil:
@@ -1365,8 +1370,10 @@ cdef class Core:
                     g.ctxs[c].key_hi = <uint32_t>(key >> 32)
                 g.n_ctxs = nc
             copied.set()
+            if release is not None:
+                release("contexts")
             if worker is None:
-                self._index_edges(edges_done, decoded, copied, lists, e_raw, nc, nn)
+                self._index_edges(edges_done, decoded, copied, lists, e_raw, nc, nn, release)
             self._load_nodes(nodes, arena)
             with nogil:
                 dup_node = rebuild_index(g, 0)
