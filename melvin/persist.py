@@ -193,17 +193,15 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     from melvin.graph import Graph
 
     view = memoryview(buf)
-    offsets = {}
+    spans = {}                             # section name: (offset, length)
+    mapped = isinstance(buf, _mmap.mmap) and hasattr(_mmap, "MADV_DONTNEED")
 
-    def release(name, offset=None, length=None):
+    def release(name):
         """Drop a file mapping's pages of a section once read (they stay in the page cache, so
         reading them again costs a minor fault): mapped pages count in the process's RSS, and
         loading holds the graph and its indexing scratch at the same time."""
-        if offset is None:
-            offset, length = offsets[name]
-        offsets[name] = (offset, length)
-        if isinstance(buf, _mmap.mmap) and hasattr(buf, "madvise") and \
-                hasattr(_mmap, "MADV_DONTNEED") and length >= _RELEASE_MIN:
+        offset, length = spans[name]
+        if mapped and length >= _RELEASE_MIN:
             start = offset - offset % _mmap.PAGESIZE
             try:
                 buf.madvise(_mmap.MADV_DONTNEED, start, offset + length - start)
@@ -239,7 +237,8 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
         data = view[offset:offset + length]
         if crc32(data) != crc:
             raise CorruptBrainError(f"section {name} checksum mismatch")
-        release(name, offset, length)
+        spans[name] = (offset, length)
+        release(name)                      # read again when decoded
         sections[name] = data
     try:
         saved_limits = Limits.from_dict(_json(sections["limits"], "limits"))

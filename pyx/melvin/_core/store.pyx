@@ -163,68 +163,65 @@ def _set_partition_fill(uint32_t min_items=1 << 18, uint32_t shift=15, bint coun
     return old
 
 
-cdef uint32_t _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n,
-                                   bint unique) noexcept nogil:
-    """_ix_fill for big indexes: items are first sorted (counting sort, stable) by the slot range
-    their probe starts in, then inserted range by range, so each insert hits a slot range that
-    is in cache instead of a random one in a table of hundreds of MB (a 27M-edge index: 1.2 s of
-    cache and TLB misses). Each range is zeroed just before it is filled, which also brings it
-    into cache. Per item the scratch holds its id and a fingerprint: the low 32 bits of its hash
-    with the start's offset in its range in place of its lowest bits. For the unique
-    check the fingerprints of the slots filled in the current and next range are kept beside
-    them, so a record is read only when 17 hash bits match (a slot's tag has as few as 6).
-    Returns like _ix_fill, or NONE - 1 if the scratch could not be allocated (nothing written)."""
-    cdef uint64_t cap = ix.capacity, h, i, base, zeroed = 0, spill = 0
+cdef inline uint64_t _part_item(uint32_t v, uint64_t h, uint64_t i, uint32_t low) noexcept nogil:
+    """A partitioned fill's scratch item: the id over a fingerprint, the low 32 bits of the hash
+    with the probe start's offset in its range in place of the lowest bits."""
+    return (<uint64_t>v << 32) | ((<uint32_t>h & ~low) | (<uint32_t>i & low))
+
+
+cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique,
+                              uint32_t* found) noexcept nogil:
+    """_ix_fill for big indexes: items are placed (stably) in runs by the slot range their probe
+    starts in, then inserted range by range, so each insert hits a slot range that is in cache
+    instead of a random one in a table of hundreds of MB (a 27M-edge index: 1.2 s of cache and
+    TLB misses). Each range is zeroed just before it is filled, which also brings it into cache.
+    For the unique check the fingerprints of the slots filled in the current and next range are
+    kept beside them, so a record is read only when 17 hash bits match (a slot's tag has as few
+    as 6). Sets *found like _ix_fill's result; returns -1 (nothing written) without scratch."""
+    cdef uint64_t cap = ix.capacity, h, i, base, zeroed = 0, spill = 0, k, end
     cdef uint32_t mask = ix_mask(cap), shift = _part_shift
     while ((1u << shift) - 1) & ~mask:    # the offset bits must lie below the tag bits
         shift -= 1
     cdef uint32_t low = (1u << shift) - 1
-    cdef uint32_t v, w, s, n_parts = <uint32_t>((cap - 1) >> shift) + 1
-    cdef uint32_t p, found = NONE
-    cdef uint64_t k, end
+    cdef uint32_t v, w, s, p, n_parts = <uint32_t>((cap - 1) >> shift) + 1
     cdef bint near = True                 # every filled slot in the window has its fingerprint
     # Hashes spread items evenly over the ranges, so one pass can place them in runs of a fixed
-    # width, 6 standard deviations above the mean count; a run that overflows anyway (keys made
-    # to collide) falls back to counting first.
+    # width, 6 standard deviations above the mean count; if a run overflows anyway (keys made to
+    # collide) or there is no room for the slack, a counting pass sizes the runs first.
     cdef double mean = <double>n / n_parts
     cdef uint64_t width = 0 if _part_count else <uint64_t>(mean + 6 * sqrt(mean)) + 64
     cdef uint64_t* start = <uint64_t*>malloc((n_parts + 1) * sizeof(uint64_t))
     cdef uint64_t* stop = <uint64_t*>malloc((n_parts + 1) * sizeof(uint64_t))
-    cdef uint64_t have = n_parts * width
-    cdef uint64_t* items = <uint64_t*>malloc(have * sizeof(uint64_t))
     cdef uint32_t* near_fp = <uint32_t*>malloc(2 * (<size_t>low + 1) * sizeof(uint32_t)) \
         if unique else NULL
-    if width == 0 or (items == NULL and start != NULL and stop != NULL):
-        free(items)
-        width = 0                         # no room for slack: count first
-        have = n
-        items = <uint64_t*>malloc(have * sizeof(uint64_t))
+    cdef uint64_t* items = <uint64_t*>malloc(n_parts * width * sizeof(uint64_t)) if width else NULL
+    found[0] = NONE
+    if items == NULL:
+        width = 0
+    else:
+        for p in range(n_parts):
+            start[p] = stop[p] = p * width
+        for v in range(n):
+            h = _ix_hash(g, kind, v)
+            i = fastrange(h, cap)
+            p = <uint32_t>(i >> shift)
+            if stop[p] == start[p] + width:
+                if n_parts * width < n:
+                    free(items)
+                    items = NULL
+                width = 0
+                break
+            items[stop[p]] = _part_item(v, h, i, low)
+            stop[p] += 1
+    if width == 0 and items == NULL:
+        items = <uint64_t*>malloc(<size_t>n * sizeof(uint64_t))
     if start == NULL or stop == NULL or items == NULL or (unique and near_fp == NULL):
         free(start)
         free(stop)
         free(items)
         free(near_fp)
-        return NONE - 1
-    for p in range(n_parts):
-        start[p] = stop[p] = p * width
-    for v in range(n if width else 0):
-        h = _ix_hash(g, kind, v)
-        i = fastrange(h, cap)
-        p = <uint32_t>(i >> shift)
-        if stop[p] == start[p] + width:
-            width = 0
-            break
-        items[stop[p]] = (<uint64_t>v << 32) | ((<uint32_t>h & ~low) | (<uint32_t>i & low))
-        stop[p] += 1
+        return -1
     if width == 0:                        # counting sort: runs end to end
-        if have < n:
-            free(items)
-            items = <uint64_t*>malloc(<size_t>n * sizeof(uint64_t))
-            if items == NULL:
-                free(start)
-                free(stop)
-                free(near_fp)
-                return NONE - 1
         memset(stop, 0, (n_parts + 1) * sizeof(uint64_t))
         for v in range(n):
             stop[(fastrange(_ix_hash(g, kind, v), cap) >> shift) + 1] += 1
@@ -234,7 +231,7 @@ cdef uint32_t _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n,
         for v in range(n):
             h = _ix_hash(g, kind, v)
             i = fastrange(h, cap)
-            items[stop[i >> shift]] = (<uint64_t>v << 32) | ((<uint32_t>h & ~low) | (<uint32_t>i & low))
+            items[stop[i >> shift]] = _part_item(v, h, i, low)
             stop[i >> shift] += 1
     for p in range(n_parts):
         base = <uint64_t>p << shift
@@ -256,7 +253,7 @@ cdef uint32_t _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n,
                     if not near or i - base >= 2 * (<uint64_t>low + 1) or \
                             ((near_fp[i - base] ^ w) & ~low) == 0:
                         if _ix_same(g, kind, ix_value(s, mask), v):
-                            found = v
+                            found[0] = v
                             break
                 i += 1
                 if i == cap:
@@ -264,7 +261,7 @@ cdef uint32_t _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n,
                     near = False          # wrapped into ranges filled long ago
                 elif i == zeroed:         # a probe run past the ranges zeroed so far
                     zeroed = _ix_zero_to(ix, zeroed, zeroed + low + 1)
-            if found != NONE:
+            if found[0] != NONE:
                 break
             ix.slots[i] = (w & ~mask) | (v + 1)
             ix.filled += 1
@@ -276,14 +273,14 @@ cdef uint32_t _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n,
                 else:
                     near = False          # beyond the window: its fingerprint is not kept
             k += 1
-        if found != NONE:
+        if found[0] != NONE:
             break
     _ix_zero_to(ix, zeroed, cap)          # an early stop leaves no garbage behind
     free(start)
     free(stop)
     free(items)
     free(near_fp)
-    return found
+    return 0
 
 
 cdef inline uint64_t _ix_zero_to(IndexC* ix, uint64_t zeroed, uint64_t end) noexcept nogil:
@@ -304,10 +301,9 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
     ix.filled = 0
     if ix.capacity == 0:
         return NONE                       # never allocated (and nothing to index)
-    if n >= _part_min and n and kind != 3 and ix.capacity <= 0xFFFFFFFFu:
-        v = _ix_fill_partitioned(g, ix, kind, n, unique)
-        if v != NONE - 1:
-            return v
+    if n >= _part_min and n and kind != 3 and ix.capacity <= 0xFFFFFFFFu and \
+            _ix_fill_partitioned(g, ix, kind, n, unique, &v) == 0:
+        return v
     memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
     for v in range(n if n < 16 else 16):
@@ -590,8 +586,6 @@ cdef void rebuild_edge_lists(GraphC* g) noexcept nogil:
         g.ctxs[c].total = 0
         g.ctxs[c].distinct = 0
     for e in range(g.n_edges):
-        if e + 16 < g.n_edges:            # the records are random: overlap their misses
-            prefetch(&g.ctxs[g.edges[e + 16].ctx])
         x = &g.ctxs[g.edges[e].ctx]
         g.edges[e].next = x.head
         x.head = e
