@@ -407,6 +407,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan
     cdef bint pruned = False, has_cat
     tr.pending = v
+    prefetch(&g.nodes[v])                 # read late (formation), after the lookups' misses
     if tr.n_next:                         # computed (and prefetched) at the end of the last step
         n = tr.n_next
         memcpy(keys, tr.next_keys, n * sizeof(uint64_t))
