@@ -57,12 +57,11 @@ def partitioned_fills_by_input(target):
     def run(data: bytes) -> None:
         from melvin._core import store
         h = zlib.crc32(data)
-        old = store._set_partition_fill(1, 3, bool(h & 2)) if h & 1 else None
-        try:
+        if h & 1:
+            with store.partitioned_fills(count=bool(h & 2)):
+                target(data)
+        else:
             target(data)
-        finally:
-            if old is not None:
-                store._set_partition_fill(*old)
     return run
 
 

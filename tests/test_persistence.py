@@ -1,5 +1,4 @@
 """Brain files: exact round trips, atomic saves, and clean CorruptBrainError on any damage."""
-import contextlib
 import json
 import random
 import signal
@@ -494,17 +493,11 @@ def _repeat_node(brain, buf):
     return _join({**s, "nodes": nodes.tobytes(), "arena": bytes(arena)})
 
 
-@contextlib.contextmanager
 def _partitioned_fills(count=False):
-    """Fill every index by partition (big indexes are), in 8-slot partitions, so probe runs cross
-    partition boundaries and wrap around the table; count: by the counting sort that skewed
-    hashes fall back to."""
+    """Fill every index by partition (big indexes are), in 8-slot partitions; count: by the
+    counting sort that skewed hashes fall back to."""
     from melvin._core import store
-    old = store._set_partition_fill(1, 3, count)
-    try:
-        yield
-    finally:
-        store._set_partition_fill(*old)
+    return store.partitioned_fills(count)
 
 
 @pytest.fixture(params=["item", "partitioned", "counted"])

@@ -1162,8 +1162,8 @@ cdef class Core:
         still validated): for arrays built consistent by construction (merge). categories: how
         many the nodes' category ids may name, profiles their profiles (cat_dtype records; None:
         retaken from their contexts). A Core without embeddings drops them. release: called
-        with "contexts", then "edges", once those records have been read (loading frees the
-        file pages holding them)."""
+        with "contexts" and with "edges" (from whichever thread read them) once those records
+        have been read (loading frees the file pages holding them)."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:

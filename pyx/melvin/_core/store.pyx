@@ -151,16 +151,25 @@ cdef uint32_t _part_shift = 15
 cdef bint _part_count = False
 
 
-def _set_partition_fill(uint32_t min_items=1 << 18, uint32_t shift=15, bint count=False):
-    """Test hook: from how many items indexes are filled by partition, the partitions' size
-    (tests use tiny ones to cross every partition boundary), and whether to always count first
-    (the fallback for skewed hashes). Returns the previous setting."""
-    global _part_min, _part_shift, _part_count
-    if not 1 <= shift <= 24:
-        raise ValueError("shift must be in 1..24")
-    old = (_part_min, _part_shift, _part_count)
-    _part_min, _part_shift, _part_count = min_items, shift, count
-    return old
+class partitioned_fills:
+    """Test hook (tests, fuzzers), a context manager: while it holds, every index is filled by
+    partition, as big ones are, in 8-slot partitions so that probe runs cross partition
+    boundaries and wrap around the table; count: sizing the runs by a counting pass first, the
+    fallback for skewed hashes. The setting before it is restored on exit."""
+
+    def __init__(self, count=False):
+        self.count = bool(count)
+
+    def __enter__(self):
+        global _part_min, _part_shift, _part_count
+        self.old = (_part_min, _part_shift, _part_count)
+        _part_min, _part_shift, _part_count = 1, 3, self.count
+        return self
+
+    def __exit__(self, *exc):
+        global _part_min, _part_shift, _part_count
+        _part_min, _part_shift, _part_count = self.old
+        return False
 
 
 cdef inline uint64_t _part_item(uint32_t v, uint64_t h, uint64_t i, uint32_t low) noexcept nogil:
