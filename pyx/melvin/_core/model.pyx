@@ -10,7 +10,7 @@ from melvin._core.store cimport (ExclC, ExclSlotC, trie_step, append_marker, res
                                  append_ctx, append_edge, trie_insert_node, trie_add_count, rebuild_indexes,
                                  rebuild_edge_lists, shrink_to_fit, ctx_find, edge_find, match_longest,
                                  node_find, trie_sum_aggregates, ctx_find_many,
-                                 ix_mask, ix_tag_matches, ix_value)
+                                 ix_mask, ix_tag_matches, ix_value, ix_candidate)
 from melvin._core.embed cimport cat_key, is_cat_key, categorize, cats_rebuild, cats_map, cats_bytes
 
 # Pruning sheds down to this share of the cap that was hit, so training does not prune every token.
@@ -30,13 +30,20 @@ cdef void trace_reset(TraceC* t) noexcept nogil:
     t.n = 1
     t.pending = NONE
     t.n_seen = 0
+    _trace_unprime(t)
+
+
+cdef inline void _trace_unprime(TraceC* t) noexcept nogil:
     t.n_next = 0
+    t.n_spec = 0
+    t.spec_for = NONE
+    t.primed_for = NONE
 
 
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
     cdef uint32_t i
     cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
-    t.n_next = 0
+    _trace_unprime(t)
     i = n - 1
     while i > 0:
         t.ids[i] = t.ids[i - 1]
@@ -47,60 +54,89 @@ cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil
     t.n_seen += 1
 
 
+cdef inline uint32_t _orders(GraphC* g, uint32_t n) noexcept nogil:
+    return n if n < g.context_len else g.context_len
+
+
 cdef inline uint32_t trace_orders(GraphC* g, TraceC* t) noexcept nogil:
     """Token-context orders available: the trace keeps MAX_CONTEXT tokens (byte contexts reach
     back through them), of which the last context_len form token contexts."""
-    return t.n if t.n < g.context_len else g.context_len
+    return _orders(g, t.n)
 
 
 cdef inline uint32_t trace_keys(GraphC* g, TraceC* t, uint64_t* keys) noexcept nogil:
-    """Context keys, least specific first: byte suffixes of the history (1, 2, ... bytes, stable
-    however the history was segmented), then the last 1..n tokens. Returns how many."""
-    cdef uint32_t k, j, i, have = 0, want, n_keys = 0, n_marks = 0
-    cdef uint8_t tail[64]
+    return _keys_of(g, NULL, 0, t.ids, t.n, keys)
+
+
+cdef inline uint32_t _keys_after(GraphC* g, TraceC* t, uint32_t a, uint32_t b,
+                                 uint64_t* keys) noexcept nogil:
+    """trace_keys once a, then b (unless NONE), are pushed: the keys of a step ahead."""
+    cdef uint32_t pre[2]
+    pre[0] = a if b == NONE else b
+    pre[1] = a
+    return _keys_of(g, pre, 1 if b == NONE else 2, t.ids, t.n, keys)
+
+
+cdef inline uint32_t _id_at(const uint32_t* pre, uint32_t n_pre, const uint32_t* ids,
+                            uint32_t i) noexcept nogil:
+    return pre[i] if i < n_pre else ids[i - n_pre]
+
+
+cdef inline uint32_t _keys_of(GraphC* g, const uint32_t* pre, uint32_t n_pre, const uint32_t* ids,
+                              uint32_t n_ids, uint64_t* keys) noexcept nogil:
+    """Context keys of the history pre[0:n_pre] then ids[0:n_ids] (most recent first, as the
+    trace keeps at most MAX_CONTEXT), least specific first: byte suffixes of the history (1, 2,
+    ... bytes, stable however the history was segmented), then the last 1..n tokens. Returns how
+    many."""
+    cdef uint32_t k = 0, j, i = 0, u, n_keys = 0, n_marks = 0, done = 0
+    cdef uint32_t n_all = n_ids + n_pre if n_ids + n_pre < MAX_CONTEXT else MAX_CONTEXT
+    cdef uint32_t n_orders = g.n_byte_orders
     cdef uint32_t mark_at[4]
     cdef uint64_t mark_key[4]
     cdef NodeC* nd
-    cdef uint32_t take, span, done = 0
+    cdef const uint8_t* p
+    cdef const uint8_t* start
     cdef uint64_t h = 0
-    want = g.byte_orders[g.n_byte_orders - 1] if g.n_byte_orders else 0
-    # Gather up to `want` trailing bytes, most recent last. Port markers carry no bytes but do
-    # change what follows: a marker inside a context's span salts that context's key.
-    i = 0
-    while i < t.n and have < want and t.ids[i] != STOP:
-        nd = &g.nodes[t.ids[i]]
+    # Every suffix's poly_bytes in one pass over the history's bytes, most recent first: the hash
+    # of the last L bytes is that of the last L-1 plus (byte + 1) * BASE**(L-1), so the orders
+    # share the work and the additions do not wait on a chain of multiplications. Port markers
+    # carry no bytes but do change what follows: a marker inside a context's span salts that
+    # context's key.
+    while k < n_orders and i < n_all:
+        u = _id_at(pre, n_pre, ids, i)
+        if u == STOP:
+            break
+        nd = &g.nodes[u]
         if nd.payload_len == 0 and n_marks < 4:
-            mark_at[n_marks] = have
+            mark_at[n_marks] = done
             mark_key[n_marks] = nd.key
             n_marks += 1
-        take = nd.payload_len if nd.payload_len < want - have else want - have
-        memcpy(tail + want - have - take, g.arena + nd.payload_off + nd.payload_len - take, take)
-        have += take
-        i += 1
-    # Every suffix's poly_bytes in one right-to-left pass: the hash of the last L bytes is that of
-    # the last L-1 plus (byte + 1) * BASE**(L-1), so the orders share the work and the additions
-    # do not wait on a chain of multiplications.
-    for k in range(g.n_byte_orders):
-        if g.byte_orders[k] <= have:
-            span = g.byte_orders[k]
-        elif i < t.n and t.ids[i] == STOP:
-            span = have                   # near the start of an episode: the whole short history
-        else:
-            break
-        while done < span:
-            h += (<uint64_t>tail[want - 1 - done] + 1) * POLY_POW[done]
+        start = g.arena + nd.payload_off
+        p = start + nd.payload_len
+        while p != start:
+            p -= 1
+            h += (<uint64_t>p[0] + 1) * POLY_POW[done]
             done += 1
-        keys[n_keys] = ctx_key_from_poly(h, span, g.byte_orders[k] > have)
+            if done == g.byte_orders[k]:
+                keys[n_keys] = ctx_key_from_poly(h, done, False)
+                for j in range(n_marks):
+                    if mark_at[j] < done:
+                        keys[n_keys] = fmix64(keys[n_keys] ^ mark_key[j])
+                n_keys += 1
+                k += 1
+                if k == n_orders:
+                    break
+        i += 1
+    if k < n_orders and i < n_all and _id_at(pre, n_pre, ids, i) == STOP:
+        # near the start of an episode: the whole short history
+        keys[n_keys] = ctx_key_from_poly(h, done, True)
         for j in range(n_marks):
-            if mark_at[j] < g.byte_orders[k]:
-                keys[n_keys] = fmix64(keys[n_keys] ^ mark_key[j])
+            keys[n_keys] = fmix64(keys[n_keys] ^ mark_key[j])
         n_keys += 1
-        if g.byte_orders[k] > have:
-            break
-    keys[n_keys] = ctx_key_first(g.nodes[t.ids[0]].key)
+    keys[n_keys] = ctx_key_first(g.nodes[_id_at(pre, n_pre, ids, 0)].key)
     n_keys += 1
-    for k in range(1, trace_orders(g, t)):
-        keys[n_keys] = ctx_key_extend(keys[n_keys - 1], g.nodes[t.ids[k]].key)
+    for k in range(1, _orders(g, n_all)):
+        keys[n_keys] = ctx_key_extend(keys[n_keys - 1], g.nodes[_id_at(pre, n_pre, ids, k)].key)
         n_keys += 1
     return n_keys
 
@@ -338,9 +374,11 @@ cdef int _auto_prune(GraphC* g, TraceC* tr) noexcept nogil:
     return 0
 
 
-cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, uint32_t* found) noexcept nogil:
+cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, bint primed,
+                      uint32_t* found) noexcept nogil:
     """Find every order's context, overlapping the cache misses: all index slots are prefetched
-    first, then the context records, then the edge slots the update will probe."""
+    first, then the context records, then the edge slots the update will probe (unless primed:
+    _prime_edges fetched the edges already)."""
     cdef uint32_t k
     if g.ctx_ix.capacity == 0:
         for k in range(n):
@@ -350,10 +388,71 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, uint32_
         prefetch(&g.ctx_ix.slots[fastrange(keys[k], g.ctx_ix.capacity)])
     for k in range(n):
         found[k] = ctx_find(g, keys[k])
-    if g.edge_ix.capacity:
+    if g.edge_ix.capacity and not primed:
         for k in range(n):
             if found[k] != NONE:
                 prefetch(&g.edge_ix.slots[fastrange(edge_hash(found[k], v), g.edge_ix.capacity)])
+
+
+cdef void _prime_edges(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v) noexcept nogil:
+    """Prefetch the edges to v of the contexts `keys` likely name, from their index slots and
+    edge slots (fetched in the last step, see _look_ahead), before the contexts are confirmed."""
+    cdef uint32_t k, c, e
+    if g.ctx_ix.capacity == 0 or g.edge_ix.capacity == 0:
+        return
+    for k in range(n):
+        c = ix_candidate(&g.ctx_ix, keys[k])
+        if c != NONE:
+            e = ix_candidate(&g.edge_ix, edge_hash(c, v))
+            if e != NONE:
+                prefetch(&g.edges[e])
+
+
+cdef uint32_t _look_ahead(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil:
+    """As the step learning v begins, start the misses of the next two. The next step's context
+    keys follow from the history and v: into tr.next_keys (returns how many, for tr.n_next once v
+    is pushed); _spec_ahead computes the step after's from hint, a guess of the next token (NONE
+    if unknown). Index slots are fetched two steps ahead, then the records and edge slots they
+    name one step ahead: a step's lookups, made after its own token is known, then mostly hit
+    the cache."""
+    cdef uint32_t n1 = tr.n_spec, k, c
+    cdef bint spec = n1 != 0 and tr.spec_for == v
+    tr.n_spec = 0
+    tr.primed_for = NONE
+    if v == STOP or g.ctx_ix.capacity == 0:
+        return 0
+    if spec:
+        memcpy(tr.next_keys, tr.spec_keys, n1 * sizeof(uint64_t))
+    else:
+        n1 = _keys_after(g, tr, v, NONE, tr.next_keys)
+        for k in range(n1):
+            prefetch(&g.ctx_ix.slots[fastrange(tr.next_keys[k], g.ctx_ix.capacity)])
+    if hint == NONE:
+        return n1
+    if hint != STOP:
+        prefetch(&g.nodes[hint])          # for _spec_ahead
+    if spec:                              # the next step's slots were fetched a step ago
+        for k in range(n1):
+            c = ix_candidate(&g.ctx_ix, tr.next_keys[k])
+            if c != NONE:
+                prefetch(&g.ctxs[c])
+                if g.edge_ix.capacity:
+                    prefetch(&g.edge_ix.slots[fastrange(edge_hash(c, hint), g.edge_ix.capacity)])
+        tr.primed_for = hint
+    return n1
+
+
+cdef inline void _spec_ahead(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil:
+    """The context keys of the step after next if the next token is hint, their index slots
+    fetched (see _look_ahead). Made once the step's own lookups are done: hint's record was
+    fetched as the step began."""
+    cdef uint32_t k
+    if v == STOP or hint == NONE or hint == STOP or g.ctx_ix.capacity == 0:
+        return
+    tr.n_spec = _keys_after(g, tr, v, hint, tr.spec_keys)
+    tr.spec_for = hint
+    for k in range(tr.n_spec):
+        prefetch(&g.ctx_ix.slots[fastrange(tr.spec_keys[k], g.ctx_ix.capacity)])
 
 
 cdef bint UPDATE_EXCLUSION = True
@@ -399,22 +498,28 @@ cdef uint32_t _plan(GraphC* g, uint32_t* found, uint32_t* edges, uint32_t lo, ui
     return n_plan
 
 
-cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
+cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil:
+    """Learn token v after the trace's history; hint is a guess of the token after v (NONE if
+    unknown), used only to prefetch."""
     cdef uint64_t keys[MAX_ORDERS]
     cdef uint32_t found[MAX_ORDERS]
     cdef uint32_t plan[MAX_ORDERS]
     cdef uint32_t edges[MAX_ORDERS]
-    cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan
-    cdef bint pruned = False, has_cat
+    cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan, n_next, n_spec, spec_for, primed_for
+    cdef bint pruned = False, has_cat, primed = tr.primed_for == v
+    cdef uint64_t formed = g.formed, prunes = g.prunes
     tr.pending = v
     prefetch(&g.nodes[v])                 # read late (formation), after the lookups' misses
-    if tr.n_next:                         # computed (and prefetched) at the end of the last step
+    if tr.n_next:                         # computed (and prefetched) in the last step
         n = tr.n_next
         memcpy(keys, tr.next_keys, n * sizeof(uint64_t))
     else:
         n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
-    _lookup_all(g, keys, n, v, found)
+    if primed:
+        _prime_edges(g, keys, n, v)
+    n_next = _look_ahead(g, tr, v, hint)
+    _lookup_all(g, keys, n, v, primed, found)
     # A category counts its members' continuations while they are rarely seen (CAT_COUNT_MAX)
     has_cat = first_token < n and g.nodes[tr.ids[0]].cat != 0 and \
         (found[first_token] == NONE or g.ctxs[found[first_token]].total < CAT_COUNT_MAX)
@@ -423,6 +528,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
         found[n] = ctx_find(g, keys[n])
     n_plan = _plan(g, found, edges, 0, first_token, NONE, False, v, plan, 0)
     n_plan = _plan(g, found, edges, first_token, n, first_token, True, v, plan, n_plan)
+    _spec_ahead(g, tr, v, hint)
     if has_cat:                           # its own chain: always counted (the members' sum)
         plan[n_plan] = n
         edges[n] = EDGE_UNKNOWN
@@ -443,7 +549,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
             if pruned or _auto_prune(g, tr) < 0:
                 return -1
             pruned = True
-            _lookup_all(g, keys, n, tr.pending, found)   # dense positions moved
+            _lookup_all(g, keys, n, tr.pending, False, found)   # dense positions moved
             for j in range(n):
                 edges[j] = EDGE_UNKNOWN
             continue                      # keys are stable across pruning; ids were remapped
@@ -468,26 +574,39 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v) noexcept nogil:
     if v != STOP:
         trie_add_count(g, v, 1)
     tr.pending = NONE
+    n_spec, spec_for, primed_for = tr.n_spec, tr.spec_for, tr.primed_for
     trace_push(tr, v, MAX_CONTEXT)
-    # The next step's contexts follow from the history alone: fetching their index slots now
-    # overlaps those misses with tokenizing the next token.
-    if v != STOP and g.ctx_ix.capacity:
-        tr.n_next = trace_keys(g, tr, tr.next_keys)
-        for k in range(tr.n_next):
-            prefetch(&g.ctx_ix.slots[fastrange(tr.next_keys[k], g.ctx_ix.capacity)])
+    if v != STOP and g.ctx_ix.capacity:   # _look_ahead's keys (node ids may have been remapped)
+        tr.n_next = n_next
+        if g.formed == formed and g.prunes == prunes:     # else the guess is stale
+            tr.n_spec, tr.spec_for, tr.primed_for = n_spec, spec_for, primed_for
     return 0
 
 
-cdef int _learn_stream(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
+cdef int _learn_stream(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port,
+                       uint32_t after) noexcept nogil:
+    """Learn data's tokens; `after` is the token learned next (NONE if not known). Each token is
+    matched before the last is learned, as _learn's guess of what follows; formation or pruning
+    during that step can change the match, which is then made again."""
     cdef size_t pos = 0
-    cdef uint32_t v, length
-    while pos < n:
-        v = match_longest(g, port, data + pos, n - pos, &length)
-        if _learn(g, tr, v) < 0:
+    cdef uint32_t v, length, nv = NONE, nlength = 0
+    cdef uint64_t formed, prunes
+    if n == 0:
+        return 0
+    v = match_longest(g, port, data, n, &length)
+    while True:
+        formed, prunes = g.formed, g.prunes
+        if pos + length < n:
+            nv = match_longest(g, port, data + pos + length, n - pos - length, &nlength)
+        if _learn(g, tr, v, nv if pos + length < n else after) < 0:
             return -1
         pos += length
         g.bytes_fed += length
-    return 0
+        if pos >= n:
+            return 0
+        if g.formed != formed or g.prunes != prunes:
+            nv = match_longest(g, port, data + pos, n - pos, &nlength)
+        v, length = nv, nlength
 
 
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
@@ -495,7 +614,7 @@ cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) no
     if g.port_root[port] == NONE and add_port(g, port) < 0:
         return -1
     trace_reset(&tr)
-    if _learn_stream(g, &tr, data, n, port) < 0 or _learn(g, &tr, STOP) < 0:
+    if _learn_stream(g, &tr, data, n, port, STOP) < 0 or _learn(g, &tr, STOP, NONE) < 0:
         return -1
     g.episodes += 1
     return 0
@@ -519,8 +638,9 @@ cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,
             (g.port_root[pb] == NONE and add_port(g, pb) < 0) or ensure_marker(g, pb) < 0:
         return -1
     trace_reset(&tr)
-    if _learn_stream(g, &tr, a, na, pa) < 0 or _learn(g, &tr, g.port_marker[pb]) < 0 or \
-            _learn_stream(g, &tr, b, nb, pb) < 0 or _learn(g, &tr, STOP) < 0:
+    if _learn_stream(g, &tr, a, na, pa, g.port_marker[pb]) < 0 or \
+            _learn(g, &tr, g.port_marker[pb], NONE) < 0 or \
+            _learn_stream(g, &tr, b, nb, pb, STOP) < 0 or _learn(g, &tr, STOP, NONE) < 0:
         return -1
     g.episodes += 1
     return 0
