@@ -15,7 +15,9 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 rebuild_edge_lists, trie_insert_node, store_alloc_exact,
+                                 rebuild_edge_lists, link_edge_lists, count_edge_degrees,
+                                 rebuild_edge_index,
+                                 trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
@@ -42,9 +44,10 @@ def _join_all_the_way(thread):
         raise interrupted
 
 
-# Loading decodes and indexes the edges on a second thread while this one indexes the nodes and
-# contexts and builds the trie; the first done links the successor lists (disjoint fields, no
-# allocation). Once a brain has this many edges: below it a thread costs more than it saves.
+# Loading decodes, counts (each context's distinct successors: a context's sole edge is not
+# indexed) and indexes the edges on a second thread, while this one indexes the nodes and
+# contexts, builds the trie and then links the successor lists (disjoint fields, no allocation).
+# Once a brain has this many edges: below it a thread costs more than it saves.
 # A module global so tests can lower it.
 PARALLEL_LOAD_EDGES = 1 << 20
 
@@ -1252,14 +1255,14 @@ cdef class Core:
             raise CorruptBrainError(f"loaded brain is inconsistent: {exc}") from None
         excl_settled(g)
 
-    def _index_edges(self, list out, decoded, copied, lists, const uint8_t[::1] e_raw,
-                     uint32_t nc, uint32_t nn, release=None):
-        """Loading: decode and validate the edge records, then index them (on a second thread
-        for big brains, see PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first
-        repeated edge (each NONE if none) to out, setting the event `decoded` in between; then,
-        if the contexts are `copied`, links the successor lists unless the other thread took
-        the lock `lists` first."""
+    def _index_edges(self, list out, decoded, const uint8_t[::1] e_raw, uint32_t nc,
+                     uint32_t nn, release=None):
+        """Loading: decode and validate the edge records (then set the event `decoded`), count
+        each context's successors and index the edges (on a second thread for big brains, see
+        PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first repeated edge (each
+        NONE if none) to out."""
         cdef uint32_t bad = NONE, dup = NONE
+        cdef uint8_t[::1] d
         cdef uint32_t ne = e_raw.shape[0] // 12
         try:
             with nogil:
@@ -1270,16 +1273,12 @@ cdef class Core:
         if release is not None:
             release("edges")
         if bad == NONE:
+            deg = np.zeros(nc, dtype=np.uint8)
+            d = deg
             with nogil:
-                dup = rebuild_index(&self.g, 2)
+                count_edge_degrees(&self.g, &d[0] if nc else NULL)
+                dup = rebuild_edge_index(&self.g, &d[0] if nc else NULL)
         out.append(dup)
-        if copied.is_set():
-            self._link_lists(out, lists)
-
-    def _link_lists(self, list out, lists):
-        if out[0] == NONE and lists.acquire(blocking=False):
-            with nogil:
-                rebuild_edge_lists(&self.g)
 
     cdef _load_nodes(self, nodes, bytes arena):
         """Loading: the node records and their payloads, validated."""
@@ -1350,17 +1349,13 @@ cdef class Core:
         # Allocate exactly the saved capacities (validated), so memory_bytes round-trips.
         if store_alloc_exact(g, caps) < 0:
             self._raise("loading")
-        # The successor lists need the edges decoded (not indexed) and the contexts copied:
-        # whichever thread is done first links them.
+        # The successor lists need the edges decoded.
         edges_done = []
         decoded = threading.Event()
-        copied = threading.Event()
-        lists = threading.Lock()
         worker = None
         if ne >= PARALLEL_LOAD_EDGES:
             worker = threading.Thread(target=self._index_edges,
-                                      args=(edges_done, decoded, copied, lists, e_raw, nc, nn,
-                                            release))
+                                      args=(edges_done, decoded, e_raw, nc, nn, release))
             worker.start()
         try:
             with nogil:
@@ -1368,19 +1363,23 @@ cdef class Core:
                     memcpy(&key, &c_raw[0] + <size_t>c * 8, 8)
                     g.ctxs[c].key_lo = <uint32_t>key
                     g.ctxs[c].key_hi = <uint32_t>(key >> 32)
+                    g.ctxs[c].head = NONE
+                    g.ctxs[c].total = 0
+                    g.ctxs[c].distinct = 0
                 g.n_ctxs = nc
-            copied.set()
             if release is not None:
                 release("contexts")
             if worker is None:
-                self._index_edges(edges_done, decoded, copied, lists, e_raw, nc, nn, release)
+                self._index_edges(edges_done, decoded, e_raw, nc, nn, release)
             self._load_nodes(nodes, arena)
             with nogil:
                 dup_node = rebuild_index(g, 0)
                 dup_ctx = rebuild_index(g, 1)
                 trie_ok = trie_build(g) if dup_node == NONE else 0
             decoded.wait()
-            self._link_lists(edges_done, lists)
+            if edges_done[0] == NONE:
+                with nogil:
+                    link_edge_lists(g)
         finally:
             if worker is not None:
                 _join_all_the_way(worker)

@@ -390,7 +390,12 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, bint pr
         found[k] = ctx_find(g, keys[k])
     if g.edge_ix.capacity and not primed:
         for k in range(n):
-            if found[k] != NONE:
+            if found[k] == NONE:
+                continue
+            if g.ctxs[found[k]].distinct < 2:    # a sole edge is not indexed (see edge_find)
+                if g.ctxs[found[k]].head != NONE:
+                    prefetch(&g.edges[g.ctxs[found[k]].head])
+            else:
                 prefetch(&g.edge_ix.slots[fastrange(edge_hash(found[k], v), g.edge_ix.capacity)])
 
 
@@ -402,10 +407,14 @@ cdef void _prime_edges(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v) noexce
         return
     for k in range(n):
         c = ix_candidate(&g.ctx_ix, keys[k])
-        if c != NONE:
+        if c == NONE:
+            continue
+        if g.ctxs[c].distinct < 2:        # a sole edge is not indexed (see edge_find)
+            e = g.ctxs[c].head
+        else:
             e = ix_candidate(&g.edge_ix, edge_hash(c, v))
-            if e != NONE:
-                prefetch(&g.edges[e])
+        if e != NONE:
+            prefetch(&g.edges[e])
 
 
 cdef uint32_t _look_ahead(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil:
@@ -534,14 +543,6 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
         edges[n] = EDGE_UNKNOWN
         n_plan += 1
         n += 1
-    # The contexts to create take the next ids in plan order: their new edges' index slots are
-    # known already (the long byte context is new at almost every token).
-    if g.edge_ix.capacity:
-        j = 0
-        for i in range(n_plan):
-            if found[plan[i]] == NONE:
-                prefetch(&g.edge_ix.slots[fastrange(edge_hash(g.n_ctxs + j, v), g.edge_ix.capacity)])
-                j += 1
     i = 0
     while i < n_plan:
         k = plan[i]

@@ -121,6 +121,10 @@ cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil
 # Rebuild every index and the trie from the dense arrays, in place (no allocation).
 cdef void rebuild_indexes(GraphC* g) noexcept nogil
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
+cdef void link_edge_lists(GraphC* g) noexcept nogil
+# Loading: the edge index from saturating successor counts (see store.pyx).
+cdef void count_edge_degrees(GraphC* g, uint8_t* deg) noexcept nogil
+cdef uint32_t rebuild_edge_index(GraphC* g, const uint8_t* deg) noexcept nogil
 # out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).
 cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil
 # After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
@@ -231,6 +235,9 @@ cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept n
     cdef uint64_t i = fastrange(h, cap)
     cdef uint32_t s, v, mask = ix_mask(cap)
     cdef EdgeC* e
+    if g.ctxs[ctx].distinct < 2:          # a sole edge is not indexed: the list has it
+        v = g.ctxs[ctx].head
+        return v if v != NONE and g.edges[v].dst == dst else NONE
     while True:
         s = g.edge_ix.slots[i]
         if s == 0:

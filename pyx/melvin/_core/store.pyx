@@ -87,6 +87,17 @@ cdef inline uint64_t _ix_hash(GraphC* g, int kind, uint32_t v) noexcept nogil:
     return trie_key(g.trie[v].hash)
 
 
+cdef inline bint _ix_skip(GraphC* g, int kind, uint32_t v, const uint8_t* deg) noexcept nogil:
+    """Items the index leaves out: the sole edge of a context (edge_find reads it from the
+    context's list head). deg: each context's successors (saturating), else NULL for the
+    contexts' own counts."""
+    if kind != 2:
+        return False
+    if deg != NULL:
+        return deg[g.edges[v].ctx] < 2
+    return g.ctxs[g.edges[v].ctx].distinct < 2
+
+
 cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
     cdef uint64_t cap = ix.capacity
     cdef uint64_t i = fastrange(h, cap)
@@ -179,7 +190,7 @@ cdef inline uint64_t _part_item(uint32_t v, uint64_t h, uint64_t i, uint32_t low
 
 
 cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique,
-                              uint32_t* found) noexcept nogil:
+                              uint32_t* found, const uint8_t* deg) noexcept nogil:
     """_ix_fill for big indexes: items are placed (stably) in runs by the slot range their probe
     starts in, then inserted range by range, so each insert hits a slot range that is in cache
     instead of a random one in a table of hundreds of MB (a 27M-edge index: 1.2 s of cache and
@@ -211,6 +222,8 @@ cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint 
         for p in range(n_parts):
             start[p] = stop[p] = p * width
         for v in range(n):
+            if _ix_skip(g, kind, v, deg):
+                continue
             h = _ix_hash(g, kind, v)
             i = fastrange(h, cap)
             p = <uint32_t>(i >> shift)
@@ -233,11 +246,14 @@ cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint 
     if width == 0:                        # counting sort: runs end to end
         memset(stop, 0, (n_parts + 1) * sizeof(uint64_t))
         for v in range(n):
-            stop[(fastrange(_ix_hash(g, kind, v), cap) >> shift) + 1] += 1
+            if not _ix_skip(g, kind, v, deg):
+                stop[(fastrange(_ix_hash(g, kind, v), cap) >> shift) + 1] += 1
         for p in range(n_parts):
             stop[p + 1] += stop[p]
         memcpy(start, stop, n_parts * sizeof(uint64_t))
         for v in range(n):
+            if _ix_skip(g, kind, v, deg):
+                continue
             h = _ix_hash(g, kind, v)
             i = fastrange(h, cap)
             items[stop[i >> shift]] = _part_item(v, h, i, low)
@@ -302,7 +318,8 @@ cdef inline uint64_t _ix_zero_to(IndexC* ix, uint64_t zeroed, uint64_t end) noex
     return zeroed
 
 
-cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=False) noexcept nogil:
+cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=False,
+                       const uint8_t* deg=NULL) noexcept nogil:
     """Index items 0..n-1 of a kind afresh. With unique (nodes, contexts, edges), stop at the first
     item whose identity an earlier one has and return it; else NONE."""
     cdef uint32_t v, j
@@ -311,7 +328,7 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
     if ix.capacity == 0:
         return NONE                       # never allocated (and nothing to index)
     if n >= _part_min and n and kind != 3 and ix.capacity <= 0xFFFFFFFFu and \
-            _ix_fill_partitioned(g, ix, kind, n, unique, &v) == 0:
+            _ix_fill_partitioned(g, ix, kind, n, unique, &v, deg) == 0:
         return v
     memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
@@ -320,7 +337,9 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
         prefetch(&ix.slots[fastrange(ring[v], ix.capacity)])
     for v in range(n):
         j = v & 15
-        if unique:
+        if kind == 2 and _ix_skip(g, kind, v, deg):
+            pass
+        elif unique:
             if _ix_put_new(g, ix, kind, ring[j], v):
                 return v
         elif not (kind == 3 and g.trie[v].parent == NONE):   # roots are nobody's children
@@ -450,7 +469,10 @@ cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
     g.ctxs[ctx].head = e
     g.ctxs[ctx].distinct += 1
     g.n_edges += 1
-    _ix_put(&g.edge_ix, edge_hash(ctx, dst), e)
+    if g.ctxs[ctx].distinct == 2:         # a sole edge is not indexed until it has a sibling
+        _ix_put(&g.edge_ix, edge_hash(ctx, g.edges[g.edges[e].next].dst), g.edges[e].next)
+    if g.ctxs[ctx].distinct >= 2:
+        _ix_put(&g.edge_ix, edge_hash(ctx, dst), e)
     return e
 
 
@@ -588,12 +610,18 @@ cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) n
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil:
     """Relink successor lists and recount totals from the edge array (ascending, like incremental
     insertion, so list order is the same as if the edges had been added one by one)."""
-    cdef uint32_t c, e
-    cdef CtxC* x
+    cdef uint32_t c
     for c in range(g.n_ctxs):
         g.ctxs[c].head = NONE
         g.ctxs[c].total = 0
         g.ctxs[c].distinct = 0
+    link_edge_lists(g)
+
+
+cdef void link_edge_lists(GraphC* g) noexcept nogil:
+    """rebuild_edge_lists without the reset (the caller set head NONE, total and distinct 0)."""
+    cdef uint32_t e
+    cdef CtxC* x
     for e in range(g.n_edges):
         x = &g.ctxs[g.edges[e].ctx]
         g.edges[e].next = x.head
@@ -693,6 +721,23 @@ cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil:
     if kind == 1:
         return _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs, True)
     return _ix_fill(g, &g.edge_ix, 2, g.n_edges, True)
+
+
+cdef uint32_t rebuild_edge_index(GraphC* g, const uint8_t* deg) noexcept nogil:
+    """rebuild_index(g, 2) with each context's successors counted in deg (saturating) instead
+    of in the contexts, which need not be linked yet."""
+    return _ix_fill(g, &g.edge_ix, 2, g.n_edges, True, deg)
+
+
+cdef void count_edge_degrees(GraphC* g, uint8_t* deg) noexcept nogil:
+    """deg[c] = successors of context c, saturating at 255 (deg zeroed by the caller, n_ctxs
+    long): the edge index's input while loading, without touching the context records the
+    other thread links."""
+    cdef uint32_t e, c
+    for e in range(g.n_edges):
+        c = g.edges[e].ctx
+        if deg[c] != 255:
+            deg[c] += 1
 
 
 cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil:
