@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from melvin._core.defs cimport *
@@ -217,11 +218,20 @@ cdef class Core:
         raise MemoryError(f"allocation of {self.g.pool.err_request} bytes failed while {what}")
 
     # --- learning ----------------------------------------------------------------------------
-    def feed(self, const uint8_t[::1] data, int port=0):
+    def feed(self, data, int port=0):
         cdef int rc
-        cdef size_t n = data.shape[0]
-        cdef const uint8_t* p = &data[0] if n else NULL
+        cdef size_t n
+        cdef const uint8_t* p
+        cdef const uint8_t[::1] view
         cdef uint64_t caps[9]
+        if type(data) is bytes:
+            # training's case: a memoryview's validation was ~840 instructions per episode
+            p = <const uint8_t*>PyBytes_AS_STRING(data)
+            n = <size_t>PyBytes_GET_SIZE(data)
+        else:
+            view = data
+            n = view.shape[0]
+            p = &view[0] if n else NULL
         caps_snapshot(&self.g, caps)
         with nogil:
             rc = feed_episode(&self.g, p, n, <uint8_t>port)

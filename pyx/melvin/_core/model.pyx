@@ -41,13 +41,9 @@ cdef inline void _trace_unprime(TraceC* t) noexcept nogil:
 
 
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
-    cdef uint32_t i
     cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
     _trace_unprime(t)
-    i = n - 1
-    while i > 0:
-        t.ids[i] = t.ids[i - 1]
-        i -= 1
+    memmove(t.ids + 1, t.ids, (n - 1) * sizeof(uint32_t))
     t.ids[0] = v
     t.n = n
     t.seen[t.n_seen & (ATTN_WINDOW - 1)] = v
@@ -97,27 +93,36 @@ cdef inline uint32_t _keys_of(GraphC* g, const uint32_t* pre, uint32_t n_pre, co
     cdef const uint8_t* p
     cdef const uint8_t* start
     cdef uint64_t h = 0
-    # Every suffix's poly_bytes in one pass over the history's bytes, most recent first: the hash
-    # of the last L bytes is that of the last L-1 plus (byte + 1) * BASE**(L-1), so the orders
-    # share the work and the additions do not wait on a chain of multiplications. Port markers
-    # carry no bytes but do change what follows: a marker inside a context's span salts that
-    # context's key.
+    # Every suffix's poly_bytes in one pass over the history, most recent first: the hash of the
+    # last L bytes is that of the last L-1 plus (byte + 1) * BASE**(L-1), so the orders share the
+    # work. A token that ends no suffix adds its own poly_bytes (its node's poly) times
+    # BASE**(bytes after it) at once; only a token a suffix ends in is taken byte by byte. Port
+    # markers carry no bytes but do change what follows: a marker inside a context's span salts
+    # that context's key.
+    cdef uint32_t order = g.byte_orders[0] if n_orders else 0
     while k < n_orders and i < n_all:
         u = _id_at(pre, n_pre, ids, i)
         if u == STOP:
             break
         nd = &g.nodes[u]
-        if nd.payload_len == 0 and n_marks < 4:
-            mark_at[n_marks] = done
-            mark_key[n_marks] = nd.key
-            n_marks += 1
+        i += 1
+        if nd.payload_len == 0:
+            if n_marks < 4:
+                mark_at[n_marks] = done
+                mark_key[n_marks] = nd.key
+                n_marks += 1
+            continue
+        if done + nd.payload_len < order:
+            h += nd.poly * POLY_POW[done]
+            done += nd.payload_len
+            continue
         start = g.arena + nd.payload_off
         p = start + nd.payload_len
         while p != start:
             p -= 1
             h += (<uint64_t>p[0] + 1) * POLY_POW[done]
             done += 1
-            if done == g.byte_orders[k]:
+            if done == order:
                 keys[n_keys] = ctx_key_from_poly(h, done, False)
                 for j in range(n_marks):
                     if mark_at[j] < done:
@@ -126,7 +131,7 @@ cdef inline uint32_t _keys_of(GraphC* g, const uint32_t* pre, uint32_t n_pre, co
                 k += 1
                 if k == n_orders:
                     break
-        i += 1
+                order = g.byte_orders[k]
     if k < n_orders and i < n_all and _id_at(pre, n_pre, ids, i) == STOP:
         # near the start of an episode: the whole short history
         keys[n_keys] = ctx_key_from_poly(h, done, True)
