@@ -543,6 +543,8 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
     n_plan = _plan(g, found, edges, 0, first_token, NONE, False, v, plan, 0)
     n_plan = _plan(g, found, edges, first_token, n, first_token, True, v, plan, n_plan)
     _spec_ahead(g, tr, v, hint)
+    if tr.primed_for != NONE:             # the next step's edges, half a step after their slots
+        _prime_edges(g, tr.next_keys, n_next, tr.primed_for)
     if has_cat:                           # its own chain: always counted (the members' sum)
         plan[n_plan] = n
         edges[n] = EDGE_UNKNOWN
