@@ -352,3 +352,22 @@ def test_next_word_recall_on_assoc(wiki_lines, byte_context, hierarchy):
         g.feed(line)
     hits = sum(_recalls(g, r["prompt"], r["expected"]) for r in rows)
     assert hits >= 0.9 * len(rows), f"recall {hits}/{len(rows)}"
+
+
+def test_sole_edges_are_found_as_their_contexts_grow(tmp_path):
+    """A context's sole edge is read from its list, not the edge index; once the context has a
+    second successor both are indexed. Every edge stays findable (check() looks each up) through
+    training, pruning and a save/load, and what was learned is the same either way."""
+    g = melvin.Graph(melvin.Limits(max_memory="256K"))
+    rng = random.Random(5)
+    words = ["alpha", "beta", "gamma", "delta"] + \
+        ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(200)]
+    for i in range(600):
+        g.feed(" ".join(rng.choice(words) for _ in range(8)).encode())
+        if i % 50 == 0:
+            assert g.check()
+    assert g.stats()["prunes"] > 0 and g.check()
+    g.save(tmp_path / "g.mlv")
+    h = melvin.load(tmp_path / "g.mlv")
+    assert h.check()
+    assert h.predict(b"alpha beta", k=5) == g.predict(b"alpha beta", k=5)

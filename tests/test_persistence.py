@@ -519,8 +519,13 @@ def test_repeated_records_are_refused_while_indexing(brain, monkeypatch, threade
     from melvin._core import core
     monkeypatch.setattr(core, "PARALLEL_LOAD_EDGES", 0 if threaded else 1 << 40)
     buf = dumps(brain)
+    edges = np.frombuffer(_split(buf)["edges"], dtype=_edge_dtype())
+    sole = np.flatnonzero(np.bincount(edges["ctx"])[edges["ctx"]] == 1)   # edges alone in their context
+    i, j = int(sole[0]), int(sole[-1])
     cases = [
         (_records(buf, "edges", _edge_dtype(), lambda a: a.__setitem__(7, a[2])), "edge 7 repeats"),
+        # a context's sole edge is not indexed, but two copies of it are no longer sole
+        (_records(buf, "edges", _edge_dtype(), lambda a: a.__setitem__(j, a[i])), f"edge {j} repeats"),
         (_records(buf, "contexts", _ctx_dtype(), lambda a: a["key"].__setitem__(9, a["key"][4])),
          "context 9 repeats"),
         (_repeat_node(brain, buf), "repeats an earlier node's pattern"),

@@ -16,8 +16,7 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 rebuild_edge_lists, link_edge_lists, count_edge_degrees,
-                                 rebuild_edge_index,
+                                 link_edge_lists, count_edge_degrees, rebuild_edge_index,
                                  trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)

@@ -14,11 +14,11 @@ cdef struct TraceC:
     uint32_t n_seen                # tokens pushed since the episode began
     uint32_t seen[ATTN_WINDOW]
     uint8_t kinds[MAX_ORDERS] # smoothing kind of each context trace_contexts found (KIND_*)
-    # Learning runs a step ahead of its misses. n_next keys are the next step's contexts (their
-    # index slots fetched a step ago); n_spec keys those of the step after, if the next token is
-    # spec_for (a guess: formation during this step can change it); primed_for is the token for
-    # which the next step's context records and edge slots were prefetched. Any other push or a
-    # reset clears them (n_* = 0, NONE).
+    # Learning runs two steps ahead of its misses. n_next keys are the next step's contexts
+    # (their index slots fetched a step ago); n_spec keys those of the step after, if the next
+    # token is spec_for (a guess: formation during this step can change it); primed_for is the
+    # token for which the next step's context records and edges were prefetched. Any other push
+    # or a reset clears them (n_* = 0, NONE).
     uint32_t n_next
     uint32_t n_spec
     uint32_t spec_for

@@ -405,8 +405,8 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, bint pr
 
 
 cdef void _prime_edges(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v) noexcept nogil:
-    """Prefetch the edges to v of the contexts `keys` likely name, from their index slots and
-    edge slots (fetched in the last step, see _look_ahead), before the contexts are confirmed."""
+    """Prefetch the edges to v of the contexts `keys` likely name, from their index slots, records
+    and edge slots (fetched earlier, see _look_ahead), before the contexts are confirmed."""
     cdef uint32_t k, c, e
     if g.ctx_ix.capacity == 0 or g.edge_ix.capacity == 0:
         return
@@ -530,8 +530,6 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
     else:
         n = trace_keys(g, tr, keys)
     first_token = n - trace_orders(g, tr)
-    if primed:
-        _prime_edges(g, keys, n, v)
     n_next = _look_ahead(g, tr, v, hint)
     _lookup_all(g, keys, n, v, primed, found)
     # A category counts its members' continuations while they are rarely seen (CAT_COUNT_MAX)

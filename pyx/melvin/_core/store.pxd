@@ -115,14 +115,14 @@ cdef void trie_add_count(GraphC* g, uint32_t node, uint32_t amount) noexcept nog
 # Allocate empty arrays and indexes of exactly these capacities (nodes, contexts, edges, trie, arena,
 # node/context/edge/trie index); all or nothing. For loading.
 cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil
-# Refill one index (0 nodes, 1 contexts, 2 edges) from its dense array, in place. Returns the
-# first item that repeats an earlier one's identity (the index is then partial), else NONE.
+# Refill one index (0 nodes, 1 contexts) from its dense array, in place. Returns the first item
+# that repeats an earlier one's identity (the index is then partial), else NONE.
 cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil
 # Rebuild every index and the trie from the dense arrays, in place (no allocation).
 cdef void rebuild_indexes(GraphC* g) noexcept nogil
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
 cdef void link_edge_lists(GraphC* g) noexcept nogil
-# Loading: the edge index from saturating successor counts (see store.pyx).
+# Loading: the edge index (rebuild_index's return) from saturating successor counts.
 cdef void count_edge_degrees(GraphC* g, uint8_t* deg) noexcept nogil
 cdef uint32_t rebuild_edge_index(GraphC* g, const uint8_t* deg) noexcept nogil
 # out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).

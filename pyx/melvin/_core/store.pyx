@@ -337,7 +337,7 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
         prefetch(&ix.slots[fastrange(ring[v], ix.capacity)])
     for v in range(n):
         j = v & 15
-        if kind == 2 and _ix_skip(g, kind, v, deg):
+        if _ix_skip(g, kind, v, deg):
             pass
         elif unique:
             if _ix_put_new(g, ix, kind, ring[j], v):
@@ -722,14 +722,12 @@ cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil:
 cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil:
     if kind == 0:
         return _ix_fill(g, &g.node_ix, 0, g.n_nodes, True)
-    if kind == 1:
-        return _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs, True)
-    return _ix_fill(g, &g.edge_ix, 2, g.n_edges, True)
+    return _ix_fill(g, &g.ctx_ix, 1, g.n_ctxs, True)
 
 
 cdef uint32_t rebuild_edge_index(GraphC* g, const uint8_t* deg) noexcept nogil:
-    """rebuild_index(g, 2) with each context's successors counted in deg (saturating) instead
-    of in the contexts, which need not be linked yet."""
+    """rebuild_index for the edges, with each context's successors counted in deg (saturating)
+    instead of in the contexts, which need not be linked yet."""
     return _ix_fill(g, &g.edge_ix, 2, g.n_edges, True, deg)
 
 
