@@ -41,8 +41,13 @@ cdef inline void _trace_unprime(TraceC* t) noexcept nogil:
 
 
 cdef void trace_push(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
-    cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
     _trace_unprime(t)
+    _trace_shift(t, v, context_len)
+
+
+cdef inline void _trace_shift(TraceC* t, uint32_t v, uint32_t context_len) noexcept nogil:
+    """trace_push without clearing learning's look-ahead (learning keeps or clears it itself)."""
+    cdef uint32_t n = t.n + 1 if t.n < context_len else context_len
     memmove(t.ids + 1, t.ids, (n - 1) * sizeof(uint32_t))
     t.ids[0] = v
     t.n = n
@@ -519,7 +524,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
     cdef uint32_t found[MAX_ORDERS]
     cdef uint32_t plan[MAX_ORDERS]
     cdef uint32_t edges[MAX_ORDERS]
-    cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan, n_next, n_spec, spec_for, primed_for
+    cdef uint32_t n, k, i, j, ci, ei, first_token, n_plan, n_next
     cdef bint pruned = False, has_cat, primed = tr.primed_for == v
     cdef uint64_t formed = g.formed, prunes = g.prunes
     tr.pending = v
@@ -580,12 +585,12 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
     if v != STOP:
         trie_add_count(g, v, 1)
     tr.pending = NONE
-    n_spec, spec_for, primed_for = tr.n_spec, tr.spec_for, tr.primed_for
-    trace_push(tr, v, MAX_CONTEXT)
-    if v != STOP and g.ctx_ix.capacity:   # _look_ahead's keys (node ids may have been remapped)
-        tr.n_next = n_next
-        if g.formed == formed and g.prunes == prunes:     # else the guess is stale
-            tr.n_spec, tr.spec_for, tr.primed_for = n_spec, spec_for, primed_for
+    _trace_shift(tr, v, MAX_CONTEXT)
+    tr.n_next = n_next                    # _look_ahead's keys (node ids may have been remapped)
+    if g.formed != formed or g.prunes != prunes:          # the guess of the next token is stale
+        tr.n_spec = 0
+        tr.spec_for = NONE
+        tr.primed_for = NONE
     return 0
 
 
