@@ -364,21 +364,32 @@ def plan_shards(inputs, *, split: str = "lines", workers: int = 1, shards: int |
     return Plan(tuple(Shard(i, tuple(p), split, max_episode) for i, p in enumerate(out)))
 
 
-def piece_episodes(piece: Piece, split: str, max_episode: int = DEFAULT_MAX_EPISODE):
-    """The episodes of one piece, exactly as melvin.inputs.Reader yields them for that range."""
+def piece_batches(piece: Piece, split: str, max_episode: int = DEFAULT_MAX_EPISODE):
+    """piece_episodes' episodes as lists (melvin.inputs.Reader.batches), for training."""
     src = Source(piece.path, piece.compression, piece.wiki, piece.size)
     start = None
     if piece.start:
         start = {"item": 0, "offset": piece.start, "line_start": True, "consumed": piece.start}
     reader = Reader(src, split, max_episode=max_episode, start=start)
     end, limit = piece.end, piece.limit
+    # A list ends at the first episode past `end` (no episode crosses it: that one belongs to the
+    # next range) or reaching `limit` (the last one taken).
+    stop_at = min(end + 1 if end is not None else 1 << 62, limit if limit is not None else 1 << 62)
     with reader:
-        for episode in reader:
+        for batch in reader.batches(lambda: stop_at):
             if end is not None and reader.consumed > end:
-                break          # the first episode of the next range (no episode crosses `end`)
-            yield episode
+                if len(batch) > 1:
+                    yield batch[:-1]
+                break
+            yield batch
             if limit is not None and reader.consumed >= limit:
                 break
+
+
+def piece_episodes(piece: Piece, split: str, max_episode: int = DEFAULT_MAX_EPISODE):
+    """The episodes of one piece, exactly as melvin.inputs.Reader yields them for that range."""
+    for batch in piece_batches(piece, split, max_episode):
+        yield from batch
 
 
 def shard_episodes(shard: Shard, with_sample: bool = False):
@@ -563,18 +574,15 @@ def _train(shard: Shard, limits: Limits, seed: int, fault, sample: dict | None):
         g = _load(sample)
         if shard.base == "vocab":
             g = vocabulary(g, limits)
-    feed = g.feed
     episodes = failed = 0
     nbytes = 0
     for piece in shard.pieces:
-        for episode in piece_episodes(piece, shard.split, shard.max_episode):
-            try:
-                feed(episode)
-            except MelvinError as exc:
+        for batch in piece_batches(piece, shard.split, shard.max_episode):
+            for _, exc in g._feed_batch(batch):
                 failed += 1
                 log.warning("shard %d: an episode was not learned: %s", shard.index, exc)
-            episodes += 1
-            nbytes += len(episode) + 1
+            episodes += len(batch)
+            nbytes += sum(map(len, batch)) + len(batch)
             if fault:
                 _maybe_fault(fault, shard, nbytes)
     meta = {"kind": "shard", "index": shard.index, "episodes": episodes, "failed_episodes": failed,

@@ -6,6 +6,7 @@ import os
 import threading
 
 from melvin._core.core import Core
+from melvin.errors import MelvinError
 from melvin.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,24 @@ class Graph:
         data, port = _as_bytes(data), _port(port)
         with self._lock:
             self._core.feed(data, port)
+
+    def _feed_batch(self, episodes: list, port: int = PORT_TEXT) -> list:
+        """Learn a list of bytes episodes in one call into the core (the training loops' path: a
+        call per episode costs 3-9% of training on big.txt's 2.2 million lines). No lock: the
+        caller is the graph's only user. An episode the core refuses with a MelvinError is left
+        unlearned, as feed leaves it, and the rest are still learned. Returns (index, error) of
+        each refused episode."""
+        refused = []
+        start = 0
+        while start < len(episodes):
+            try:
+                self._core.feed_many(episodes[start:] if start else episodes, port)
+                break
+            except MelvinError as exc:
+                at = start + getattr(exc, "learned", 0)
+                refused.append((at, exc))
+                start = at + 1
+        return refused
 
     def associate(self, streams: dict) -> None:
         """Learn one multi-port episode, e.g. {PORT_TEXT: b"dog", PORT_AUDIO: b"..."}: every stream

@@ -371,6 +371,10 @@ def _is_blank(fragment: bytes) -> bool:
     return not fragment.strip(_BLANK)
 
 
+def _EVERY_EPISODE() -> int:
+    return 0                        # a batch limit every episode reaches: one episode per batch
+
+
 class _Splitter:
     """Splits one readable byte stream into episodes, tracking the offset after each episode.
 
@@ -396,7 +400,20 @@ class _Splitter:
         self.offset = offset
         self.line_start = line_start
 
+    def batches(self, stop):
+        """The episodes as lists, for a loop that hands many to the core at once: with the lines
+        split, the complete lines of a read chunk at a time, a list ending early at the first
+        episode that ends at or past stop() (an offset of this stream, read before each list);
+        other splits: one episode per list. offset and line_start are marked after each list."""
+        if self.split == "lines":
+            return self._line_batches(stop)
+        return ([episode] for episode in self)
+
     def _lines(self):
+        for batch in self._line_batches(_EVERY_EPISODE):
+            yield batch[0]
+
+    def _line_batches(self, stop):
         # Bulk path: split whole chunks; a line running over chunk ends is kept in `parts`.
         # A line longer than the cap is cut at multiples of the cap from where reading started.
         # An empty line is an episode (a blank line is part of the text, and held-out scoring
@@ -422,7 +439,7 @@ class _Splitter:
                         cut = len(data) - len(data) % cap
                         for i in range(0, cut, cap):
                             self._mark(pos + i + cap, False)
-                            yield data[i:i + cap]
+                            yield [data[i:i + cap]]
                         pos += cut
                         parts = [data[cut:]] if cut < len(data) else []
                         plen = len(data) - cut
@@ -430,29 +447,55 @@ class _Splitter:
                     continue
                 line = b"".join(parts) + chunk[:nl]
                 parts, plen = [], 0
-                yield from self._long_line(line, pos)
+                for piece in self._long_line(line, pos):
+                    yield [piece]
                 pos += len(line) + 1
                 open_cut = False
                 chunk = chunk[nl + 1:]
             lines = chunk.split(b"\n")
             tail = lines.pop()
-            for line in lines:
-                if len(line) < cap:
-                    pos += len(line) + 1
-                    if line or not open_cut:
-                        self.offset = pos
-                        self.line_start = True
-                        yield line
-                else:
-                    yield from self._long_line(line, pos)
-                    pos += len(line) + 1
+            i, n = 0, len(lines)
+            if n and open_cut:
+                if not lines[0]:
+                    pos += 1
+                    i = 1
                 open_cut = False
+            # Runs of lines under the cap are episodes as they are; a longer line is cut.
+            longs = [] if not n or max(map(len, lines)) < cap else \
+                [k for k in range(i, n) if len(lines[k]) >= cap]
+            longs.append(n)
+            for j in longs:
+                while i < j:              # lines[i:j]: a run of whole lines
+                    limit = stop()
+                    end = pos + len(lines[i]) + 1
+                    if end < limit:
+                        run = lines if i == 0 and j == n else lines[i:j]
+                        end = pos + sum(map(len, run)) + len(run)
+                        if end < limit:
+                            self._mark(end, True)
+                            yield run
+                            pos, i = end, j
+                            continue
+                        end = pos + len(lines[i]) + 1
+                    k = i                 # the run's first episode ending at or past the limit
+                    while end < limit:
+                        k += 1
+                        end += len(lines[k]) + 1
+                    pos = end
+                    self._mark(pos, True)
+                    yield lines[i:k + 1]
+                    i = k + 1
+                if j < n:
+                    for piece in self._long_line(lines[j], pos):
+                        yield [piece]
+                    pos += len(lines[j]) + 1
+                    i = j + 1
             if tail:
                 if len(tail) >= cap:
                     cut = len(tail) - len(tail) % cap
                     for i in range(0, cut, cap):
                         self._mark(pos + i + cap, False)
-                        yield tail[i:i + cap]
+                        yield [tail[i:i + cap]]
                     pos += cut
                     tail = tail[cut:]
                     open_cut = not tail
@@ -461,7 +504,7 @@ class _Splitter:
         if parts:
             data = b"".join(parts)
             self._mark(pos + len(data), False)
-            yield data
+            yield [data]
             pos += len(data)
         self._mark(pos, self.line_start if pos == self.offset else True)
 
@@ -644,12 +687,23 @@ class Reader:
         self.close()
 
     def __iter__(self):
+        return self._episodes(None)
+
+    def batches(self, stop):
+        """The episodes as lists (several lines at a time with the lines split; see
+        _Splitter.batches), for a loop that hands many to the core at once. A list ends early at
+        the first episode that brings `consumed` to stop() or past it, so a checkpoint or limit
+        falls where it would one episode at a time; position and consumed are exact after each
+        list."""
+        return self._episodes(stop)
+
+    def _episodes(self, stop):
         errors = _decode_errors()
         try:
             if self.source.wiki:
-                yield from self._wiki()
+                yield from self._wiki(stop)
             else:
-                yield from self._text()
+                yield from self._text(stop)
         except InputError:
             raise
         except errors as exc:
@@ -659,13 +713,19 @@ class Reader:
             self.close()
         self._done = True
 
-    def _text(self):
+    def _split(self, stop):
+        """The current splitter's episodes, or lists of them (stop: see batches)."""
+        if stop is None:
+            return iter(self._splitter)
+        return self._splitter.batches(lambda: stop() - self._item_base)
+
+    def _text(self, stop):
         self._opened = Stream(self.source, self._offset)
         self._splitter = _Splitter(self._opened.stream, self.split, self.max_episode, self._offset,
                                    self._line_start)
-        yield from self._splitter
+        yield from self._split(stop)
 
-    def _wiki(self):
+    def _wiki(self, stop):
         mwxml, mwp = _wiki_modules()
         from mwxml.element_iterator import ElementIterator
 
@@ -709,7 +769,7 @@ class Reader:
             sub = io.BufferedReader(io.BytesIO(body), CHUNK)
             sub.seek(self._offset)
             self._splitter = _Splitter(sub, self.split, self.max_episode, self._offset, self._line_start)
-            yield from self._splitter
+            yield from self._split(stop)
             index += 1
         # after the last article: the next position is past everything
         if self._splitter is not None:

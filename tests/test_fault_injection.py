@@ -303,3 +303,68 @@ def test_sweeps_cover_allocation_sites(lines, wiki_lines):
           f"({100 * len(covered) / len(reached):.1f}%)\nattempts failed  site\n{report}")
     assert len(reached) >= 10
     assert len(covered) >= 0.95 * len(reached), report
+
+
+def test_feed_many_is_feed_in_a_loop(lines):
+    """Training's batched path learns exactly what one feed per episode learns, and a failure
+    ends the batch where the loop would have stopped: `learned` episodes in, the failing one
+    leaving what feed leaves."""
+    ref = melvin.Graph()
+    for line in lines:
+        ref.feed(line)
+    g = melvin.Graph()
+    assert g._core.feed_many(lines) == len(lines)
+    assert persist.dumps(g) == persist.dumps(ref)
+    _, n_attempts = _clean_run(lines)
+    failures = 0
+    for k in range(1, n_attempts + 1, 7):
+        one = melvin.Graph()
+        one._core._set_fail_at(k)
+        failed_at = None
+        for i, line in enumerate(lines):
+            try:
+                one._core.feed(line)
+            except MemoryError:
+                failed_at = i
+                break
+        many = melvin.Graph()
+        many._core._set_fail_at(k)
+        try:
+            many._core.feed_many(lines)
+            learned = None
+        except MemoryError as exc:
+            learned = exc.learned
+            failures += 1
+        assert learned == failed_at, k
+        one._core._set_fail_at(-1)
+        many._core._set_fail_at(-1)
+        assert many.stats() == one.stats(), k
+        many.check()
+    assert failures > 5
+    with pytest.raises(TypeError, match="bytes episodes"):
+        melvin.Graph()._core.feed_many([b"ok", "not bytes"])
+
+
+def test_feed_batch_skips_only_refused_episodes():
+    """Graph._feed_batch (the training loops' path): an episode the core refuses with a
+    MelvinError is reported and skipped, the rest of its batch is still learned; other errors
+    (a failed allocation) propagate, as from feed."""
+    learned = []
+
+    class Core:
+        def feed_many(self, batch, port):
+            for i, ep in enumerate(batch):
+                if ep.startswith(b"bad"):
+                    exc = melvin.CapExceeded("refused") if ep != b"bad-alloc" else MemoryError()
+                    exc.learned = i
+                    raise exc
+                learned.append(ep)
+            return len(batch)
+
+    g = melvin.Graph(_core=Core())
+    refused = g._feed_batch([b"a", b"bad1", b"b", b"c", b"bad2", b"bad3", b"d"])
+    assert learned == [b"a", b"b", b"c", b"d"]
+    assert [at for at, _ in refused] == [1, 4, 5]
+    assert all(isinstance(exc, melvin.CapExceeded) for _, exc in refused)
+    with pytest.raises(MemoryError):
+        g._feed_batch([b"e", b"bad-alloc", b"f"])

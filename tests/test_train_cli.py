@@ -563,6 +563,44 @@ def test_reader_resumes_at_every_position(split, tmp_path):
             assert episodes[:k + 1] + rest == episodes, (data, cap, k, pos)
 
 
+@pytest.mark.parametrize("split", ["lines", "paragraphs"])
+def test_reader_batches_are_its_episodes(split, tmp_path, monkeypatch):
+    """Reader.batches (training's path) yields the episodes one at a time iteration yields, in
+    lists that end exactly at the first episode reaching the limit stop() names, with the
+    position after each list the one recorded after its last episode. Tiny read chunks put line
+    ends, cap cuts and limits across chunk boundaries."""
+    import melvin.inputs as inputs
+
+    r = random.Random(split)
+    atoms = [b"a", b"bc", b" ", b"\r", b"\n", b"\n\n", b"xyz", b"L" * 9]
+    for trial in range(150):
+        monkeypatch.setattr(inputs, "CHUNK", r.choice([1, 2, 3, 5, 8, 64, 1 << 20]))
+        data = b"".join(r.choice(atoms) for _ in range(r.randint(0, 60)))
+        path = tmp_path / ("t.txt.gz" if trial % 3 == 0 else "t.txt")
+        path.write_bytes(gzip.compress(data, mtime=0) if trial % 3 == 0 else data)
+        cap = r.choice([1, 2, 3, 7, 1 << 20])
+        src = source_for(str(path))
+        reader = Reader(src, split, max_episode=cap)
+        episodes, ends = [], []
+        for ep in reader:
+            episodes.append(ep)
+            ends.append(reader.position)
+        limits = sorted(r.sample(range(1, len(data) + 2), min(len(data) + 1, r.randint(0, 8))))
+        reader = Reader(src, split, max_episode=cap)
+        got = []
+        for batch in reader.batches(lambda: limits[0] if limits else 1 << 62):
+            assert batch, (data, cap)
+            first = len(got)
+            got += batch
+            assert reader.position == ends[len(got) - 1], (data, cap)
+            reached = [k for k in range(first, len(got)) if limits and ends[k]["consumed"] >= limits[0]]
+            assert reached in ([], [len(got) - 1]), (data, cap, limits, batch)
+            while limits and reader.consumed >= limits[0]:
+                limits.pop(0)
+        assert got == episodes, (data, cap)
+        assert reader.consumed == len(data)
+
+
 def test_collect_sources_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         collect_sources([str(tmp_path / "missing")])

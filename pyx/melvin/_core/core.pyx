@@ -11,6 +11,7 @@ cimport numpy as cnp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport malloc, free
 from melvin._core.defs cimport *
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
@@ -22,7 +23,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  caps_snapshot, caps_restore)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, absorb, feed_episode, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
+                                 add_port, absorb, feed_episode, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
                                  prob_next, prob_attended, spell_step, attn_values, excl_settled,
                                  SMOOTH_RECALL, KIND_CAT)
@@ -240,6 +241,53 @@ cdef class Core:
                 caps_restore(&self.g, caps)
         if rc < 0:
             self._raise("feeding")
+
+    def feed_many(self, episodes, int port=0):
+        """feed() for each bytes object of the sequence `episodes`, in one call that releases the
+        GIL once: training's path (per-episode calls cost 3-9% of training on big.txt's 2.2
+        million lines). An episode that fails is left unlearned (as feed leaves it) and ends the
+        call: its error is raised with `learned`, the number of episodes learned before it."""
+        cdef tuple eps = tuple(episodes)      # holds the bytes while the GIL is released
+        cdef Py_ssize_t n = len(eps), i = 0
+        cdef int rc = 0
+        cdef uint64_t caps[9]
+        cdef const uint8_t** ptrs
+        cdef size_t* lens
+        cdef TraceC trs[2]                    # this episode's, and the next one's being prepared
+        for item in eps:
+            if type(item) is not bytes:
+                raise TypeError(f"feed_many takes bytes episodes, got {type(item).__name__}")
+        ptrs = <const uint8_t**>malloc(n * sizeof(uint8_t*) + 1)
+        lens = <size_t*>malloc(n * sizeof(size_t) + 1)
+        if ptrs == NULL or lens == NULL:
+            free(ptrs)
+            free(lens)
+            raise MemoryError("feed_many: no memory for the episode table")
+        for i in range(n):
+            ptrs[i] = <const uint8_t*>PyBytes_AS_STRING(eps[i])
+            lens[i] = <size_t>PyBytes_GET_SIZE(eps[i])
+        trace_reset(&trs[0])
+        with nogil:
+            for i in range(n):
+                caps_snapshot(&self.g, caps)
+                if i + 1 < n:
+                    rc = feed_traced(&self.g, &trs[i & 1], ptrs[i], lens[i], <uint8_t>port,
+                                     ptrs[i + 1], lens[i + 1], &trs[(i + 1) & 1])
+                else:
+                    rc = feed_traced(&self.g, &trs[i & 1], ptrs[i], lens[i], <uint8_t>port,
+                                     NULL, 0, NULL)
+                if rc < 0:
+                    caps_restore(&self.g, caps)   # as feed: a failed episode gives memory back
+                    break
+        free(ptrs)
+        free(lens)
+        if rc < 0:
+            try:
+                self._raise("feeding")
+            except Exception as exc:
+                exc.learned = i
+                raise
+        return n
 
     def associate_pair(self, const uint8_t[::1] a, int pa, const uint8_t[::1] b, int pb):
         """Learn one cross-modal episode: a on port pa, then b on port pb."""

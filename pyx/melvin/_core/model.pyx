@@ -622,11 +622,57 @@ cdef int _learn_stream(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uin
 
 cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
     cdef TraceC tr
+    trace_reset(&tr)
+    return feed_traced(g, &tr, data, n, port, NULL, 0, NULL)
+
+
+cdef void _episode_prepare(GraphC* g, TraceC* tr, const uint8_t* data, size_t n,
+                           uint8_t port) noexcept nogil:
+    """Reset tr for the episode `data` and start the misses of its first two steps, as learning
+    starts them for the steps of an episode under way (_look_ahead, _spec_ahead), so that batched
+    episodes do not each begin cold (their first two steps cost ~2x a step in full flow). The
+    first step's contexts (the episode start's, busy) get their edge slots to the first token
+    fetched, the second step's keys are computed as a guess (tr.spec_*, used only if the first
+    token is matched again) and their index slots fetched."""
+    cdef uint64_t keys[MAX_ORDERS]
+    cdef uint32_t n_keys, k, c, v0, length
+    trace_reset(tr)
+    if n == 0 or g.port_root[port] == NONE or g.ctx_ix.capacity == 0:
+        return
+    v0 = match_longest(g, port, data, n, &length)
+    if g.edge_ix.capacity:
+        n_keys = trace_keys(g, tr, keys)
+        for k in range(n_keys):
+            c = ix_candidate(&g.ctx_ix, keys[k])
+            if c == NONE:
+                continue
+            if g.ctxs[c].distinct < 2:    # a sole edge is not indexed (see edge_find)
+                if g.ctxs[c].head != NONE:
+                    prefetch(&g.edges[g.ctxs[c].head])
+            else:
+                prefetch(&g.edge_ix.slots[fastrange(edge_hash(c, v0), g.edge_ix.capacity)])
+    tr.n_spec = _keys_after(g, tr, v0, NONE, tr.spec_keys)
+    tr.spec_for = v0
+    for k in range(tr.n_spec):
+        prefetch(&g.ctx_ix.slots[fastrange(tr.spec_keys[k], g.ctx_ix.capacity)])
+
+
+cdef int feed_traced(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port,
+                     const uint8_t* next_data, size_t next_n, TraceC* next_tr) noexcept nogil:
+    """feed_episode with tr reset, or prepared by the call before; with next_tr, that is
+    prepared for the episode next_data (on the same port) while this one's last step runs."""
+    cdef uint64_t formed, prunes
     if g.port_root[port] == NONE and add_port(g, port) < 0:
         return -1
-    trace_reset(&tr)
-    if _learn_stream(g, &tr, data, n, port, STOP) < 0 or _learn(g, &tr, STOP, NONE) < 0:
+    if _learn_stream(g, tr, data, n, port, STOP) < 0:
         return -1
+    if next_tr != NULL:
+        _episode_prepare(g, next_tr, next_data, next_n, port)
+    formed, prunes = g.formed, g.prunes
+    if _learn(g, tr, STOP, NONE) < 0:
+        return -1
+    if next_tr != NULL and (g.formed != formed or g.prunes != prunes):
+        _trace_unprime(next_tr)           # the guessed first token may be matched differently
     g.episodes += 1
     return 0
 
