@@ -7,7 +7,8 @@ context_len 1..4) so that pruning and the count caps run, not only the happy pat
 
 A target returns normally for every input the contract allows; anything else (an unexpected
 exception, a failed invariant, a sanitizer report) is a finding.
-    fuzz_feed    arbitrary bytes split into episodes, check() after every feed
+    fuzz_feed    arbitrary bytes split into episodes, check() after every feed; the same episodes
+                 through training's batched path learn the same graph
     fuzz_ops     API operation sequences: feed, generate, predict, score, prune, save/load, merge,
                  bad arguments, injected allocation failures; check() after every step
     fuzz_load    melvin.persist.loads of arbitrary bytes (as given, and with the checksums repaired
@@ -226,6 +227,14 @@ def fuzz_feed(data: bytes) -> None:
             port, ep = ep[0] & 3, ep[1:]
         feed(st, ep, port)
         check(g, lim)
+    if not ctl & 4:
+        # Training's batched path (one core call for many episodes, each next episode's first
+        # steps prefetched during the last one's final step) learns exactly what feed did.
+        batched = new_graph(lim)
+        for start in range(0, len(schedule), 1 + (ctl >> 3)):
+            batched._feed_batch(schedule[start:start + 1 + (ctl >> 3)])
+        check(batched, lim)
+        assert persist.dumps(batched) == persist.dumps(g), "feed_many learned otherwise than feed"
     for ep in episodes[:4]:
         _query_checks(g, ep[: len(ep) // 2], max_bytes=64 + (ctl >> 3), k=1 + (ctl >> 5))
 
@@ -557,7 +566,8 @@ def _read_all(inputs, source, split, cap, start=None):
 def fuzz_inputs(data: bytes) -> None:
     """melvin.inputs readers on a temporary file (or stdin) made from the input: only
     InputError/MelvinError may escape; valid plain or compressed text gives exactly the reference
-    episodes, and resuming from a saved position gives the rest."""
+    episodes, resuming from a saved position gives the rest, and batched reading gives the same
+    episodes with its lists cut at a limit."""
     try:
         from melvin import inputs
     except ImportError:
@@ -627,3 +637,15 @@ def _check_reader(inputs, source, split, cap, text, body, raw_mode, stdin=False)
     k = len(episodes) // 2
     rest, _ = _read_all(inputs, source, split, cap, start=positions[k])
     assert rest == episodes[k + 1:], ("resume", k, rest[:2], episodes[k + 1:k + 3])
+    # training's batched reading: the same episodes, a list ending at the first one reaching the
+    # limit, with the position after it the one recorded there
+    limit = positions[k]["consumed"]
+    first = next(j for j, pos in enumerate(positions) if pos["consumed"] >= limit)
+    got, ends = [], []
+    with inputs.Reader(source, split, max_episode=cap) as reader:
+        for batch in reader.batches(lambda: limit):
+            got += batch
+            ends.append((len(got), reader.position))
+    assert got == episodes, ("batches", got[:3], episodes[:3])
+    assert all(pos == positions[n - 1] for n, pos in ends), "a batch's end position"
+    assert first + 1 in [n for n, _ in ends], ("no batch ends at the limit", first, limit)

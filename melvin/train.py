@@ -37,7 +37,8 @@ text consumed, delimiters included; for XML dumps, bytes of the extracted articl
 progress bar counts bytes of the raw (possibly compressed) inputs, so its total and ETA are exact.
 
 Exit codes: 0 done (or stopped at --limit-bytes), 1 error (bad input, refused resume, I/O),
-2 usage, 130 SIGINT and 143 SIGTERM (after finishing the current episode and writing a checkpoint).
+2 usage, 130 SIGINT and 143 SIGTERM (after finishing the current batch of episodes and writing a
+checkpoint).
 """
 from __future__ import annotations
 
@@ -259,7 +260,7 @@ class Trainer:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        log.warning("%s: finishing the current episode, then writing a checkpoint",
+        log.warning("%s: finishing the current batch of episodes, then writing a checkpoint",
                     signal.Signals(signum).name)
 
     def _install_signals(self):
