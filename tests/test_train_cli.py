@@ -531,6 +531,23 @@ def test_bad_options(tmp_path):
 
 # --- the reader itself ---------------------------------------------------------------------------
 
+def _read_random_text(r, atoms, directory, split, compressed):
+    """A random text of atoms (gzipped if compressed) read whole, one episode at a time, with a
+    random max_episode: (text, cap, source, episodes, the position after each)."""
+    data = b"".join(r.choice(atoms) for _ in range(r.randint(0, 60)))
+    path = directory / ("t.txt.gz" if compressed else "t.txt")
+    path.write_bytes(gzip.compress(data, mtime=0) if compressed else data)
+    cap = r.choice([1, 2, 3, 7, 1 << 20])
+    src = source_for(str(path))
+    reader = Reader(src, split, max_episode=cap)
+    episodes, positions = [], []
+    for ep in reader:
+        episodes.append(ep)
+        positions.append(reader.position)
+    assert reader.position["consumed"] == len(data)
+    return data, cap, src, episodes, positions
+
+
 @pytest.mark.parametrize("split", ["lines", "paragraphs", "documents"])
 def test_reader_resumes_at_every_position(split, tmp_path):
     """Resuming from any recorded position yields exactly the remaining episodes, for random
@@ -538,17 +555,8 @@ def test_reader_resumes_at_every_position(split, tmp_path):
     r = random.Random(split)
     atoms = [b"a", b"bc", b" ", b"\t", b"\r", b"\n", b"\n\n", b"\n \n", b"xyz"]
     for trial in range(60):
-        data = b"".join(r.choice(atoms) for _ in range(r.randint(0, 60)))
-        path = tmp_path / ("t.txt.gz" if trial % 2 else "t.txt")
-        path.write_bytes(gzip.compress(data, mtime=0) if trial % 2 else data)
-        cap = r.choice([1, 2, 3, 7, 1 << 20])
-        src = source_for(str(path))
-        reader = Reader(src, split, max_episode=cap)
-        episodes, positions = [], []
-        for ep in reader:
-            episodes.append(ep)
-            positions.append(reader.position)
-        assert reader.position["consumed"] == len(data)
+        data, cap, src, episodes, positions = _read_random_text(r, atoms, tmp_path, split,
+                                                                trial % 2 == 1)
         if split == "lines":
             # every line, blank ones included, cut into pieces of the cap; the newline ending a
             # line cut exactly at the cap is not a blank line
@@ -575,16 +583,8 @@ def test_reader_batches_are_its_episodes(split, tmp_path, monkeypatch):
     atoms = [b"a", b"bc", b" ", b"\r", b"\n", b"\n\n", b"xyz", b"L" * 9]
     for trial in range(150):
         monkeypatch.setattr(inputs, "CHUNK", r.choice([1, 2, 3, 5, 8, 64, 1 << 20]))
-        data = b"".join(r.choice(atoms) for _ in range(r.randint(0, 60)))
-        path = tmp_path / ("t.txt.gz" if trial % 3 == 0 else "t.txt")
-        path.write_bytes(gzip.compress(data, mtime=0) if trial % 3 == 0 else data)
-        cap = r.choice([1, 2, 3, 7, 1 << 20])
-        src = source_for(str(path))
-        reader = Reader(src, split, max_episode=cap)
-        episodes, ends = [], []
-        for ep in reader:
-            episodes.append(ep)
-            ends.append(reader.position)
+        data, cap, src, episodes, ends = _read_random_text(r, atoms, tmp_path, split,
+                                                           trial % 3 == 0)
         limits = sorted(r.sample(range(1, len(data) + 2), min(len(data) + 1, r.randint(0, 8))))
         reader = Reader(src, split, max_episode=cap)
         got = []
