@@ -67,9 +67,8 @@ class Graph:
             self._core.feed(data, port)
 
     def _feed_batch(self, episodes: list, port: int = PORT_TEXT) -> list:
-        """Learn a list of bytes episodes in one call into the core (the training loops' path: a
-        call per episode costs 3-9% of training on big.txt's 2.2 million lines). No lock: the
-        caller is the graph's only user. An episode the core refuses with a MelvinError is left
+        """Learn a list of bytes episodes in one call into the core (the training loops' path; see
+        Core.feed_many). No lock: the caller is the graph's only user. An episode the core refuses with a MelvinError is left
         unlearned, as feed leaves it, and the rest are still learned. Returns (index, error) of
         each refused episode."""
         refused = []
