@@ -23,7 +23,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  caps_snapshot, caps_restore)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
-                                 add_port, absorb, feed_episode, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
+                                 add_port, absorb, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
                                  prob_next, prob_attended, spell_step, attn_values, excl_settled,
                                  SMOOTH_RECALL, KIND_CAT)
@@ -157,6 +157,20 @@ cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t ne, uint32_t
     return NONE
 
 
+cdef int _learn_episode(GraphC* g, TraceC* tr, const uint8_t* p, size_t n, uint8_t port,
+                        const uint8_t* next_p, size_t next_n, TraceC* next_tr) noexcept nogil:
+    """feed_traced, for Core.feed and feed_many. What was learned before a failure stays; the
+    capacity grown for the step that failed is given back, so a failure that learned nothing
+    leaves memory unchanged."""
+    cdef uint64_t caps[9]
+    cdef int rc
+    caps_snapshot(g, caps)
+    rc = feed_traced(g, tr, p, n, port, next_p, next_n, next_tr)
+    if rc < 0:
+        caps_restore(g, caps)
+    return rc
+
+
 cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
@@ -223,7 +237,7 @@ cdef class Core:
         cdef size_t n
         cdef const uint8_t* p
         cdef const uint8_t[::1] view
-        cdef uint64_t caps[9]
+        cdef TraceC tr
         if type(data) is bytes:
             # training's case: a memoryview's validation was ~840 instructions per episode
             p = <const uint8_t*>PyBytes_AS_STRING(data)
@@ -232,25 +246,21 @@ cdef class Core:
             view = data
             n = view.shape[0]
             p = &view[0] if n else NULL
-        caps_snapshot(&self.g, caps)
+        trace_reset(&tr)
         with nogil:
-            rc = feed_episode(&self.g, p, n, <uint8_t>port)
-            if rc < 0:
-                # What was learned before the failure stays; capacity grown for the step that
-                # failed is given back, so a failure that learned nothing leaves memory unchanged.
-                caps_restore(&self.g, caps)
+            rc = _learn_episode(&self.g, &tr, p, n, <uint8_t>port, NULL, 0, NULL)
         if rc < 0:
             self._raise("feeding")
 
     def feed_many(self, episodes, int port=0):
         """feed() for each bytes object of the sequence `episodes`, in one call that releases the
         GIL once: training's path (a call per episode, with the reader's step of Python per
-        episode, cost ~8% of training on big.txt's 2.2 million lines). An episode that fails is left unlearned (as feed leaves it) and ends the
-        call: its error is raised with `learned`, the number of episodes learned before it."""
+        episode, cost ~8% of training on big.txt's 2.2 million lines). An episode that fails is
+        left as feed leaves it and ends the call: its error is raised with `learned`, the number
+        of episodes learned before it."""
         cdef tuple eps = tuple(episodes)      # holds the bytes while the GIL is released
         cdef Py_ssize_t n = len(eps), i = 0
         cdef int rc = 0
-        cdef uint64_t caps[9]
         cdef const uint8_t** ptrs
         cdef size_t* lens
         cdef TraceC trs[2]                    # this episode's, and the next one's being prepared
@@ -269,15 +279,11 @@ cdef class Core:
         trace_reset(&trs[0])
         with nogil:
             for i in range(n):
-                caps_snapshot(&self.g, caps)
-                if i + 1 < n:
-                    rc = feed_traced(&self.g, &trs[i & 1], ptrs[i], lens[i], <uint8_t>port,
-                                     ptrs[i + 1], lens[i + 1], &trs[(i + 1) & 1])
-                else:
-                    rc = feed_traced(&self.g, &trs[i & 1], ptrs[i], lens[i], <uint8_t>port,
-                                     NULL, 0, NULL)
+                rc = _learn_episode(&self.g, &trs[i & 1], ptrs[i], lens[i], <uint8_t>port,
+                                    ptrs[i + 1] if i + 1 < n else NULL,
+                                    lens[i + 1] if i + 1 < n else 0,
+                                    &trs[(i + 1) & 1] if i + 1 < n else NULL)
                 if rc < 0:
-                    caps_restore(&self.g, caps)   # as feed: a failed episode gives memory back
                     break
         free(ptrs)
         free(lens)

@@ -37,9 +37,9 @@ cdef int graph_init(GraphC* g) noexcept nogil
 cdef int add_port(GraphC* g, uint8_t port) noexcept nogil
 # Add graph o into g (melvin.merge's semantics); -1 with g.pool.err, g consistent, partly merged.
 cdef int absorb(GraphC* g, GraphC* o) noexcept nogil
-cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil
-# feed_episode with tr reset (or prepared by the previous call); with next_tr, prepares that for the
-# episode next_data on the same port (prefetches and a guess only: what is learned is the same).
+# Learn one episode with tr reset (or prepared by the previous call); with next_tr, prepares that
+# for the episode next_data on the same port (prefetches and a guess only: what is learned is the
+# same).
 cdef int feed_traced(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port,
                      const uint8_t* next_data, size_t next_n, TraceC* next_tr) noexcept nogil
 cdef int feed_bridge(GraphC* g, const uint8_t* a, size_t na, uint8_t pa,

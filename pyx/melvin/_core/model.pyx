@@ -35,6 +35,12 @@ cdef void trace_reset(TraceC* t) noexcept nogil:
 
 cdef inline void _trace_unprime(TraceC* t) noexcept nogil:
     t.n_next = 0
+    _trace_forget_guess(t)
+
+
+cdef inline void _trace_forget_guess(TraceC* t) noexcept nogil:
+    """Drop what learning prefetched on a guess of the next token (formation or pruning may
+    have changed how it is matched, or remapped its id)."""
     t.n_spec = 0
     t.spec_for = NONE
     t.primed_for = NONE
@@ -400,13 +406,18 @@ cdef void _lookup_all(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v, bint pr
         found[k] = ctx_find(g, keys[k])
     if g.edge_ix.capacity and not primed:
         for k in range(n):
-            if found[k] == NONE:
-                continue
-            if g.ctxs[found[k]].distinct < 2:    # a sole edge is not indexed (see edge_find)
-                if g.ctxs[found[k]].head != NONE:
-                    prefetch(&g.edges[g.ctxs[found[k]].head])
-            else:
-                prefetch(&g.edge_ix.slots[fastrange(edge_hash(found[k], v), g.edge_ix.capacity)])
+            if found[k] != NONE:
+                _prefetch_edge_probe(g, found[k], v)
+
+
+cdef inline void _prefetch_edge_probe(GraphC* g, uint32_t c, uint32_t v) noexcept nogil:
+    """Start edge_find(c, v)'s first miss: the index slot, or the list head for a context's sole
+    edge, which is not indexed. c's record must be at hand."""
+    if g.ctxs[c].distinct < 2:
+        if g.ctxs[c].head != NONE:
+            prefetch(&g.edges[g.ctxs[c].head])
+    else:
+        prefetch(&g.edge_ix.slots[fastrange(edge_hash(c, v), g.edge_ix.capacity)])
 
 
 cdef void _prime_edges(GraphC* g, uint64_t* keys, uint32_t n, uint32_t v) noexcept nogil:
@@ -465,11 +476,18 @@ cdef inline void _spec_ahead(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) n
     """The context keys of the step after next if the next token is hint, their index slots
     fetched (see _look_ahead). Made once the step's own lookups are done: hint's record was
     fetched as the step began."""
-    cdef uint32_t k
     if v == STOP or hint == NONE or hint == STOP or g.ctx_ix.capacity == 0:
         return
-    tr.n_spec = _keys_after(g, tr, v, hint, tr.spec_keys)
-    tr.spec_for = hint
+    _guess_keys(g, tr, v, hint, hint)
+
+
+cdef inline void _guess_keys(GraphC* g, TraceC* tr, uint32_t a, uint32_t b,
+                             uint32_t guess) noexcept nogil:
+    """tr.spec_keys: the keys once a, then b (unless NONE), are pushed, valid if the next
+    token learned is `guess`; their index slots fetched."""
+    cdef uint32_t k
+    tr.n_spec = _keys_after(g, tr, a, b, tr.spec_keys)
+    tr.spec_for = guess
     for k in range(tr.n_spec):
         prefetch(&g.ctx_ix.slots[fastrange(tr.spec_keys[k], g.ctx_ix.capacity)])
 
@@ -588,9 +606,7 @@ cdef int _learn(GraphC* g, TraceC* tr, uint32_t v, uint32_t hint) noexcept nogil
     _trace_shift(tr, v, MAX_CONTEXT)
     tr.n_next = n_next                    # _look_ahead's keys (node ids may have been remapped)
     if g.formed != formed or g.prunes != prunes:          # the guess of the next token is stale
-        tr.n_spec = 0
-        tr.spec_for = NONE
-        tr.primed_for = NONE
+        _trace_forget_guess(tr)
     return 0
 
 
@@ -620,12 +636,6 @@ cdef int _learn_stream(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uin
         v, length = nv, nlength
 
 
-cdef int feed_episode(GraphC* g, const uint8_t* data, size_t n, uint8_t port) noexcept nogil:
-    cdef TraceC tr
-    trace_reset(&tr)
-    return feed_traced(g, &tr, data, n, port, NULL, 0, NULL)
-
-
 cdef void _episode_prepare(GraphC* g, TraceC* tr, const uint8_t* data, size_t n,
                            uint8_t port) noexcept nogil:
     """Reset tr for the episode `data` and start the misses of its first two steps, as learning
@@ -645,23 +655,16 @@ cdef void _episode_prepare(GraphC* g, TraceC* tr, const uint8_t* data, size_t n,
         n_keys = trace_keys(g, tr, keys)
         for k in range(n_keys):
             c = ix_candidate(&g.ctx_ix, keys[k])
-            if c == NONE:
-                continue
-            if g.ctxs[c].distinct < 2:    # a sole edge is not indexed (see edge_find)
-                if g.ctxs[c].head != NONE:
-                    prefetch(&g.edges[g.ctxs[c].head])
-            else:
-                prefetch(&g.edge_ix.slots[fastrange(edge_hash(c, v0), g.edge_ix.capacity)])
-    tr.n_spec = _keys_after(g, tr, v0, NONE, tr.spec_keys)
-    tr.spec_for = v0
-    for k in range(tr.n_spec):
-        prefetch(&g.ctx_ix.slots[fastrange(tr.spec_keys[k], g.ctx_ix.capacity)])
+            if c != NONE:
+                _prefetch_edge_probe(g, c, v0)
+    _guess_keys(g, tr, v0, NONE, v0)
 
 
 cdef int feed_traced(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8_t port,
                      const uint8_t* next_data, size_t next_n, TraceC* next_tr) noexcept nogil:
-    """feed_episode with tr reset, or prepared by the call before; with next_tr, that is
-    prepared for the episode next_data (on the same port) while this one's last step runs."""
+    """Learn one episode (it ends with a learned STOP) with tr reset, or prepared by the call
+    before; with next_tr, that is prepared for the episode next_data (on the same port) while
+    this one's last step runs."""
     cdef uint64_t formed, prunes
     if g.port_root[port] == NONE and add_port(g, port) < 0:
         return -1
@@ -673,7 +676,7 @@ cdef int feed_traced(GraphC* g, TraceC* tr, const uint8_t* data, size_t n, uint8
     if _learn(g, tr, STOP, NONE) < 0:
         return -1
     if next_tr != NULL and (g.formed != formed or g.prunes != prunes):
-        _trace_unprime(next_tr)           # the guessed first token may be matched differently
+        _trace_forget_guess(next_tr)
     g.episodes += 1
     return 0
 
