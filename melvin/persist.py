@@ -181,6 +181,9 @@ def _int_map(d, names, what) -> dict:
 
 # Sections smaller than this are not worth a system call to release.
 _RELEASE_MIN = 1 << 20
+# Sections the core checksums while it decodes them (most of a brain's bytes): the file is read
+# once, where checking every checksum first read it twice.
+_DECODED_CHECKED = ("contexts", "edges")
 
 
 def loads(buf, *, limits: Limits | None = None, verify: bool = True):
@@ -194,17 +197,24 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
 
     view = memoryview(buf)
     spans = {}                             # section name: (offset, length)
+    released = {}                          # section name: bytes of it released so far
     mapped = isinstance(buf, _mmap.mmap) and hasattr(_mmap, "MADV_DONTNEED")
 
-    def release(name):
-        """Drop a file mapping's pages of a section once read (they stay in the page cache, so
-        reading them again costs a minor fault): mapped pages count in the process's RSS, and
-        loading holds the graph and its indexing scratch at the same time."""
+    def release(name, done=None):
+        """Drop a file mapping's pages of a section once read, all of it or its first `done`
+        bytes (they stay in the page cache, so reading them again costs a minor fault): mapped
+        pages count in the process's RSS, and loading holds the graph and its indexing scratch
+        at the same time."""
         offset, length = spans[name]
-        if mapped and length >= _RELEASE_MIN:
-            start = offset - offset % _mmap.PAGESIZE
+        end = offset + length
+        if done is not None and done < length:
+            end = offset + done
+            end -= end % _mmap.PAGESIZE     # the rest of the page is still to be read
+        start = released.get(name, offset - offset % _mmap.PAGESIZE)
+        if mapped and end > start and end - start >= _RELEASE_MIN:
+            released[name] = end
             try:
-                buf.madvise(_mmap.MADV_DONTNEED, start, offset + length - start)
+                buf.madvise(_mmap.MADV_DONTNEED, start, end - start)
             except OSError:   # pragma: no cover - only a saving; the pages stay valid
                 pass
 
@@ -227,6 +237,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     if crc32(table) != crc:
         raise CorruptBrainError("section table checksum mismatch")
     sections = {}
+    crcs = {}                              # checksums of the sections checked as decoded
     for i in range(count):
         raw, offset, length, crc, _ = _ENTRY.unpack_from(table, i * _ENTRY.size)
         name = raw.rstrip(b"\0").decode("ascii", "replace")
@@ -235,10 +246,13 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
         if offset < table_end + _CRC.size or offset + length > len(view):
             raise CorruptBrainError(f"section {name} lies outside the file (truncated?)")
         data = view[offset:offset + length]
-        if crc32(data) != crc:
-            raise CorruptBrainError(f"section {name} checksum mismatch")
         spans[name] = (offset, length)
-        release(name)                      # read again when decoded
+        if name in _DECODED_CHECKED:
+            crcs[name] = crc
+        else:
+            if crc32(data) != crc:
+                raise CorruptBrainError(f"section {name} checksum mismatch")
+            release(name)                  # read again when decoded
         sections[name] = data
     try:
         saved_limits = Limits.from_dict(_json(sections["limits"], "limits"))
@@ -286,7 +300,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     core.import_state(arrays["nodes"], bytes(sections["arena"]), arrays["contexts"],
                       arrays["edges"], counters, capacities, verify=verify,
                       categories=counts.get("categories", 0), profiles=profiles,
-                      release=release)
+                      crcs=(crc32, crcs), release=release)
     return Graph(use, seed, _core=core)
 
 

@@ -21,14 +21,19 @@ _ENTRY = struct.Struct("<8sQQII")
 _NAMES = ("limits", "meta", "nodes", "arena", "contexts", "edges", "cats")
 
 
-def _split(buf: bytes) -> dict:
-    """Sections of a (valid) brain, by name."""
+def _spans(buf: bytes) -> dict:
+    """(offset, length) of each section of a (valid) brain, by name."""
     _, _, count = _HEAD.unpack_from(buf, 0)
     out = {}
     for i in range(count):
         raw, offset, length, _, _ = _ENTRY.unpack_from(buf, _HEAD.size + i * _ENTRY.size)
-        out[raw.rstrip(b"\0").decode()] = bytes(buf[offset:offset + length])
+        out[raw.rstrip(b"\0").decode()] = (offset, length)
     return out
+
+
+def _split(buf: bytes) -> dict:
+    """Sections of a (valid) brain, by name."""
+    return {name: bytes(buf[o:o + n]) for name, (o, n) in _spans(buf).items()}
 
 
 def _join(sections: dict, *, version=persist.VERSION, magic=b"MLVNBRN\n", count=None, fix=None) -> bytes:
@@ -155,8 +160,9 @@ def test_partitioned_index_fills_change_nothing(wiki_lines, count):
 
 def test_loading_a_mapped_file_releases_its_pages(brain, tmp_path, monkeypatch):
     """Loading drops the file mapping's pages of each section once it has read them (so the
-    mapping does not add the file's size to the peak RSS); what it loads is unchanged, and the
-    sections are read again after their checksums were taken."""
+    mapping does not add the file's size to the peak RSS): the contexts' and edges' as they are
+    decoded, a whole page at a time, the others after their checksums were taken. What it loads
+    is unchanged."""
     import mmap
     import types
     released = []
@@ -176,7 +182,9 @@ def test_loading_a_mapped_file_releases_its_pages(brain, tmp_path, monkeypatch):
     assert g.check() and dumps(g) == dumps(brain)
     assert released and all(opt == mmap.MADV_DONTNEED and start % mmap.PAGESIZE == 0
                             for opt, start, _ in released)
-    assert len(released) >= len(persist._SECTIONS) + 2    # each section, then contexts and edges
+    ends = {start + length for _, start, length in released}
+    for name, (offset, length) in _spans(path.read_bytes()).items():
+        assert offset + length in ends, name    # every section, to its end
 
 
 def test_round_trip_file(brain, tmp_path):
@@ -538,6 +546,29 @@ def test_repeated_records_are_refused_while_indexing(brain, monkeypatch, threade
     assert g.check() and dumps(g) == buf
     for p in PROBES:
         assert g.predict(p, k=5) == brain.predict(p, k=5)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_checksums_of_decoded_sections(brain, monkeypatch, threaded):
+    """The contexts and edges are checksummed run by run as they are decoded: damage anywhere
+    in them is reported as a checksum mismatch (before the invalid records it may also make),
+    on one thread or two, whatever the run length."""
+    from melvin._core import core
+    monkeypatch.setattr(core, "PARALLEL_LOAD_EDGES", 0 if threaded else 1 << 40)
+    buf = dumps(brain)
+    spans = _spans(buf)
+    for chunk in (1, 7, 1 << 16):
+        monkeypatch.setattr(core, "LOAD_CHUNK", chunk)
+        assert dumps(loads(buf)) == buf
+        for name in ("contexts", "edges"):
+            offset, length = spans[name]
+            for at in (0, length // 2, length - 1):
+                for flip in (0x01, 0xFF):      # a valid record, and one out of range (for edges)
+                    bad = bytearray(buf)
+                    bad[offset + at] ^= flip
+                    with pytest.raises(melvin.CorruptBrainError,
+                                       match=f"section {name} checksum mismatch"):
+                        loads(bytes(bad))
 
 
 def test_hostile_arena(brain):
