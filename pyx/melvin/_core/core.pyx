@@ -17,7 +17,7 @@ from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LI
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
                                  edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
-                                 link_edge_lists, count_edge_degrees, rebuild_edge_index,
+                                 link_edge_lists, rebuild_edge_index,
                                  trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore)
@@ -135,9 +135,12 @@ cdef uint32_t _first_node_not_found(GraphC* g) noexcept nogil:
 
 
 cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t start, uint32_t stop,
-                            uint32_t nc, uint32_t nn) noexcept nogil:
+                            uint32_t nc, uint32_t nn, uint64_t* seen) noexcept nogil:
     """Loading: edge records start..stop-1 (12 bytes: ctx, dst, count, stamp; native order) into
-    the edge array, after the ones before start. Returns the first invalid edge, or NONE."""
+    the edge array, after the ones before start, marking each context in the bitmap seen[0:w]
+    and, once it has two or more successors, in seen[w:2w] (w words for nc contexts): the edge
+    index leaves out a context's sole edge. Returns the first invalid edge, or NONE."""
+    cdef uint64_t w = (<uint64_t>nc + 63) >> 6, bit
     cdef uint32_t e, e_ctx, e_dst
     cdef uint16_t e_count, e_stamp
     cdef const uint8_t* rec
@@ -154,6 +157,9 @@ cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t start, uint3
         g.edges[e].count = e_count
         g.edges[e].stamp = e_stamp
         g.n_edges = e + 1
+        bit = <uint64_t>1 << (e_ctx & 63)
+        seen[w + (e_ctx >> 6)] |= seen[e_ctx >> 6] & bit
+        seen[e_ctx >> 6] |= bit
     return NONE
 
 
@@ -892,12 +898,14 @@ cdef class Core:
         aggregates, the successor lists and totals): about a quarter of the time on big brains,
         where the trie walk per pattern dominates. The fuzzers run the full check on every brain
         that loads."""
-        return self._check(full, True)
+        return self._check(full, False)
 
-    cdef _check(self, bint full, bint probes):
-        """check(); without probes, skips finding every node, context and edge through its index
-        (half of a big brain's check): loading indexes them itself, refusing repeats on the way,
-        so each is found by construction."""
+    cdef _check(self, bint full, bint loaded):
+        """check(); loaded (the check of a brain just loaded) skips finding every node, context
+        and edge through its index (half of a big brain's check): loading indexes them itself,
+        refusing repeats on the way, so each is found by construction. It also skips the edge
+        records' ids and counts, which the loader validated as it decoded them."""
+        cdef bint probes = not loaded
         cdef GraphC* g = &self.g
         cdef uint32_t v, c, e, steps, s, state, j
         cdef uint64_t total, counts = 0
@@ -994,7 +1002,7 @@ cdef class Core:
         if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
             raise InvariantError("counts too large for the trie aggregates")
         if not full:
-            return self._check_contexts_and_edges(False, probes)
+            return self._check_contexts_and_edges(False, probes, not loaded)
         agg_arr = np.zeros(g.n_trie, dtype=np.uint64)
         cdef uint64_t[::1] agg = agg_arr          # typed: C indexing, not Python's per element
         for v in range(g.n_nodes):
@@ -1031,9 +1039,9 @@ cdef class Core:
                 raise InvariantError(f"trie state {s} child list does not hold its {kids[s]} children")
             if g.trie[s].branching != (kids[s] >= 2):
                 raise InvariantError(f"trie state {s} branching flag is wrong")
-        return self._check_contexts_and_edges(True, probes)
+        return self._check_contexts_and_edges(True, probes, not loaded)
 
-    cdef _check_contexts_and_edges(self, bint lists, bint probes):
+    cdef _check_contexts_and_edges(self, bint lists, bint probes, bint records):
         cdef GraphC* g = &self.g
         cdef uint32_t c, e, j, steps = 0
         cdef uint64_t total
@@ -1066,7 +1074,7 @@ cdef class Core:
                 raise InvariantError(f"context {c} totals disagree with its edges")
         if lists and steps != g.n_edges:
             raise InvariantError("some edges are in no successor list")
-        for e in range(g.n_edges):
+        for e in range(g.n_edges if records else 0):
             if g.edges[e].dst >= g.n_nodes or g.edges[e].ctx >= g.n_ctxs:
                 raise InvariantError(f"edge {e} names a missing node or context")
             if g.edges[e].count == 0:
@@ -1335,7 +1343,7 @@ cdef class Core:
                     raise
         try:
             if verify:
-                self._check(False, False)
+                self._check(False, True)
         except InvariantError as exc:
             store_free(g)
             store_init(g)
@@ -1349,9 +1357,11 @@ cdef class Core:
         PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first repeated edge (each
         NONE if none) to out, or a CorruptBrainError if the records fail their checksum."""
         cdef uint32_t bad = NONE, dup = NONE
-        cdef uint8_t[::1] d
+        cdef uint64_t[::1] d
+        seen = np.zeros(2 * ((int(nc) + 63) // 64) + 1, dtype=np.uint64)   # see _decode_edges
+        d = seen
         try:
-            bad = self._decode_section("edges", edges, EDGE_DTYPE, nc, nn, crc, release)
+            bad = self._decode_section("edges", edges, EDGE_DTYPE, nc, nn, crc, release, d)
             out.append(bad)
         except CorruptBrainError as exc:
             out.append(exc)
@@ -1359,20 +1369,18 @@ cdef class Core:
         finally:
             decoded.set()
         if bad == NONE:
-            deg = np.zeros(nc, dtype=np.uint8)
-            d = deg
             with nogil:
-                count_edge_degrees(&self.g, &d[0] if nc else NULL)
-                dup = rebuild_edge_index(&self.g, &d[0] if nc else NULL)
+                dup = rebuild_edge_index(&self.g, &d[(<uint64_t>nc + 63) >> 6])
         out.append(dup)
 
-    def _decode_section(self, str name, records, dtype, uint32_t nc, uint32_t nn, crc, release):
+    def _decode_section(self, str name, records, dtype, uint32_t nc, uint32_t nn, crc, release,
+                        uint64_t[::1] seen=None):
         """Loading: decode the contexts or edges LOAD_CHUNK records at a time, validating them
         and (with crc: the section's checksum function and expected value) checksumming each run
         of records just before it is decoded. Returns the first invalid record (NONE if none);
         raises CorruptBrainError on a checksum mismatch, which is reported first: a damaged
         file may also hold invalid records. release(name, nbytes) is told how much of the
-        section has been read."""
+        section has been read. seen: see _decode_edges."""
         cdef const uint8_t[::1] raw = _records(records, dtype)
         cdef uint32_t n = len(records), start, stop, bad = NONE
         cdef size_t size = dtype.itemsize
@@ -1386,7 +1394,7 @@ cdef class Core:
                 running = crc[0](view[start * size:stop * size], running)
             with nogil:
                 if edges:
-                    bad = _decode_edges(&self.g, &raw[0], start, stop, nc, nn)
+                    bad = _decode_edges(&self.g, &raw[0], start, stop, nc, nn, &seen[0])
                 else:
                     bad = _decode_ctxs(&self.g, &raw[0], start, stop)
             if release is not None:

@@ -122,9 +122,9 @@ cdef uint32_t rebuild_index(GraphC* g, int kind) noexcept nogil
 cdef void rebuild_indexes(GraphC* g) noexcept nogil
 cdef void rebuild_edge_lists(GraphC* g) noexcept nogil
 cdef void link_edge_lists(GraphC* g) noexcept nogil
-# Loading: the edge index (rebuild_index's return) from saturating successor counts.
-cdef void count_edge_degrees(GraphC* g, uint8_t* deg) noexcept nogil
-cdef uint32_t rebuild_edge_index(GraphC* g, const uint8_t* deg) noexcept nogil
+# Loading: the edge index (rebuild_index's return), given a bitmap of the contexts with two or
+# more successors.
+cdef uint32_t rebuild_edge_index(GraphC* g, const uint64_t* multi) noexcept nogil
 # out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).
 cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil
 # After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
