@@ -66,6 +66,28 @@ def partitioned_fills_by_input(target):
     return run
 
 
+def loader_paths_by_input(target):
+    """Loading decodes the edges on a second thread from 2**20 edges on, and checksums and
+    decodes contexts and edges in runs of 2**16 records, which small fuzzed brains never reach:
+    by two more bits of the input's CRC, the edges go to the second thread and the runs are 7
+    records long (so damage falls in any run, and a run ends inside any section). The settings
+    are restored afterwards."""
+    @functools.wraps(target)
+    def run(data: bytes) -> None:
+        from melvin._core import core
+        h = zlib.crc32(data)
+        old = core.PARALLEL_LOAD_EDGES, core.LOAD_CHUNK
+        if h & 4:
+            core.PARALLEL_LOAD_EDGES = 0
+        if h & 8:
+            core.LOAD_CHUNK = 7
+        try:
+            target(data)
+        finally:
+            core.PARALLEL_LOAD_EDGES, core.LOAD_CHUNK = old
+    return run
+
+
 KB = 1 << 10
 MIN_MEMORY = 64 * KB
 MAX_MEMORY = 2 << 20
@@ -458,6 +480,7 @@ def _load_one(buf: bytes) -> None:
 
 
 @partitioned_fills_by_input
+@loader_paths_by_input
 def fuzz_load(data: bytes) -> None:
     """loads() of arbitrary bytes may only raise CorruptBrainError; a brain that loads passes
     check(), keeps learning and generating."""
