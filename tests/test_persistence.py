@@ -571,6 +571,37 @@ def test_checksums_of_decoded_sections(brain, monkeypatch, threaded):
                         loads(bytes(bad))
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_failure_while_decoding_reaches_the_caller(brain, monkeypatch, threaded):
+    """Whatever decoding the edges raises (here: the page release callback failing), on the
+    loading thread or the second one, reaches import_state's caller, which is left with an
+    empty Core that still loads the brain."""
+    from melvin._core import core
+    monkeypatch.setattr(core, "PARALLEL_LOAD_EDGES", 0 if threaded else 1 << 40)
+    monkeypatch.setattr(core, "LOAD_CHUNK", 5)
+    st = brain._core.export_state()
+
+    def release(name, done):
+        if name == "edges" and done > 5 * 12:
+            raise RuntimeError("release failed")
+
+    fresh = core.Core(**brain.limits.core_kwargs(), empty=True)
+    with pytest.raises(RuntimeError, match="release failed"):
+        fresh.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
+                           st["capacities"], categories=st["categories"],
+                           profiles=st["profiles"], release=release)
+    assert fresh.export_counts()["nodes"] == 0 and fresh.stats()["memory_bytes"] == 0
+    counters = fresh.export_meta()[0]
+    del counters["peak_memory_bytes"]             # history: what the failed attempt allocated
+    assert set(counters.values()) == {0}
+    fresh.import_state(st["nodes"], st["arena"], st["contexts"], st["edges"], st["counters"],
+                       st["capacities"], categories=st["categories"],
+                       profiles=st["profiles"])
+    fresh.check()
+    assert fresh.export_range("edges", 0, 1 << 30).tobytes() == \
+        brain._core.export_range("edges", 0, 1 << 30).tobytes()
+
+
 def test_hostile_arena(brain):
     s = _split(dumps(brain))
     arena = bytearray(s["arena"])

@@ -1296,16 +1296,10 @@ cdef class Core:
         try:
             self._load_arrays(nodes, arena, ctxs, edges, capacities, crcs, release)
         except CapExceeded as exc:
-            store_free(g)
-            store_init(g)
+            self._unload()
             raise CorruptBrainError(f"brain does not fit its own limits: {exc}") from None
-        except MemoryError:
-            store_free(g)
-            store_init(g)
-            raise
-        except CorruptBrainError:
-            store_free(g)
-            store_init(g)
+        except BaseException:             # CorruptBrainError, MemoryError, an interruption...
+            self._unload()                # ...: the Core stays empty and consistent
             raise
         g.bytes_fed = counters["bytes_fed"]
         g.tokens_fed = counters["tokens_fed"]
@@ -1321,16 +1315,14 @@ cdef class Core:
             g.pool.peak = min(counters["peak_memory_bytes"], g.pool.cap)
         cat_cap = int(capacities.get("categories", 0)) if capacities is not None else 0
         if cat_cap and not self._n_categories <= cat_cap <= max(8, 2 * self._n_categories):
-            store_free(g)
-            store_init(g)
+            self._unload()
             raise CorruptBrainError(f"categories capacity {cat_cap} implausible for "
                                     f"{self._n_categories} categories")
         if g.max_cats and self._n_categories:
             if cats_restore(g, self._n_categories, profiles is None, cat_cap) < 0:
                 err = g.pool.err
                 g.pool.err = ERR_NONE
-                store_free(g)
-                store_init(g)
+                self._unload()
                 if err == ERR_NOMEM:
                     raise MemoryError("allocation failed while loading the categories")
                 raise CorruptBrainError("brain does not fit its own limits: its categories")
@@ -1338,32 +1330,39 @@ cdef class Core:
                 try:
                     self._import_cats(profiles)
                 except CorruptBrainError:
-                    store_free(g)
-                    store_init(g)
+                    self._unload()
                     raise
         try:
             if verify:
                 self._check(False, True)
         except InvariantError as exc:
-            store_free(g)
-            store_init(g)
+            self._unload()
             raise CorruptBrainError(f"loaded brain is inconsistent: {exc}") from None
         excl_settled(g)
 
+    cdef _unload(self):
+        """After a failed import_state: back to an empty Core (the tables freed, and the counts
+        that loading accumulated outside them cleared)."""
+        cdef GraphC* g = &self.g
+        store_free(g)
+        store_init(g)
+        g.total_count = g.bytes_fed = g.tokens_fed = g.episodes = g.formed = 0
+        g.pruned_nodes = g.pruned_edges = g.pruned_ctxs = g.prunes = 0
+
     def _index_edges(self, list out, decoded, edges, uint32_t nc, uint32_t nn, crc=None,
                      release=None):
-        """Loading: decode and validate the edge records (then set the event `decoded`), count
-        each context's successors and index the edges (on a second thread for big brains, see
-        PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first repeated edge (each
-        NONE if none) to out, or a CorruptBrainError if the records fail their checksum."""
+        """Loading: decode and validate the edge records, marking the contexts with two or more
+        successors (then set the event `decoded`), and index the edges (on a second thread for
+        big brains, see PARALLEL_LOAD_EDGES). Appends the first invalid edge, then the first
+        repeated edge (each NONE if none) to out, or the exception decoding raised (a
+        CorruptBrainError if the records fail their checksum), for the loading thread to raise."""
         cdef uint32_t bad = NONE, dup = NONE
         cdef uint64_t[::1] d
-        seen = np.zeros(2 * ((int(nc) + 63) // 64) + 1, dtype=np.uint64)   # see _decode_edges
-        d = seen
         try:
+            d = np.zeros(2 * ((int(nc) + 63) // 64) + 1, dtype=np.uint64)   # see _decode_edges
             bad = self._decode_section("edges", edges, EDGE_DTYPE, nc, nn, crc, release, d)
             out.append(bad)
-        except CorruptBrainError as exc:
+        except BaseException as exc:      # (on the second thread nothing else would see it)
             out.append(exc)
             return
         finally:
@@ -1458,7 +1457,7 @@ cdef class Core:
 
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities, crcs, release):
         cdef GraphC* g = &self.g
-        cdef uint32_t c, nn = len(nodes), nc = len(ctxs), ne = len(edges)
+        cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         cdef uint32_t dup_node, dup_ctx
         cdef int trie_ok
         cdef uint64_t caps[9]
@@ -1501,7 +1500,7 @@ cdef class Core:
         finally:
             if worker is not None:
                 _join_all_the_way(worker)
-        if isinstance(edges_done[0], CorruptBrainError):
+        if isinstance(edges_done[0], BaseException):
             raise edges_done[0]
         if edges_done[0] != NONE:
             raise CorruptBrainError(f"edge {edges_done[0]} is invalid")
