@@ -1,10 +1,12 @@
-"""Brain files, format v1.
+"""Brain files, format 3 (formats 1 and 2 still load).
 
 Layout (all little-endian):
     magic "MLVNBRN\\n" | u32 version | u32 section count | section table | u32 crc32 of the table
     section table entry: 8-byte ASCII name | u64 offset | u64 length | u32 crc32 | u32 reserved
-    sections: "limits" and "meta" (JSON), "nodes" (16 B each), "arena" (payload bytes),
-              "contexts" (8 B each), "edges" (12 B each)
+    sections: "limits" and "meta" (JSON), "nodes" (14 B each: NODE_RECORD_DTYPE; format 2: 20 B,
+              with the right component; format 1: 16 B, without a category), "arena" (payload
+              bytes), "contexts" (8 B each), "edges" (12 B each), "cats" (category profiles,
+              from format 2)
 
 Loading validates the table, every checksum, every record count against its section length, and
 then every id and offset (in the core) before the graph is used; any damage raises
@@ -29,12 +31,13 @@ except ImportError:  # pragma: no cover - a dependency; zlib gives identical che
     from zlib import crc32
 
 from melvin._core.core import (CAPACITY_NAMES, COUNTER_NAMES, CTX_DTYPE, EDGE_DTYPE, NODE_DTYPE,
-                               NODE_DTYPE_V1, Core, cat_dtype)
+                               NODE_DTYPE_V1, NODE_RECORD_DTYPE, Core, cat_dtype, node_records)
 from melvin.errors import CorruptBrainError
 from melvin.limits import Limits
 
 MAGIC = b"MLVNBRN\n"
-VERSION = 2                  # 2: node records carry their category; meta.counts.categories
+VERSION = 3                  # 2: node records carry their category; meta.counts.categories
+                             # 3: node records without the right component (14 B, was 20)
 _HEAD = struct.Struct("<8sII")
 _ENTRY = struct.Struct("<8sQQII")
 _CRC = struct.Struct("<I")
@@ -49,6 +52,8 @@ _CHUNK = 1 << 20  # records per chunk: a save's transient memory is a few MB at 
 def _chunks(core, kind: str, count: int):
     for start in range(0, count, _CHUNK):
         chunk = core.export_range(kind, start, min(count, start + _CHUNK))
+        if kind == "nodes":
+            chunk = node_records(chunk)
         yield chunk if isinstance(chunk, bytes) else chunk.tobytes()
 
 
@@ -223,9 +228,9 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     magic, version, count = _HEAD.unpack_from(view, 0)
     if magic != MAGIC:
         raise CorruptBrainError("not a melvin brain (bad magic)")
-    if version not in (1, VERSION):
+    if version not in (1, 2, VERSION):
         raise CorruptBrainError(f"brain format version {version} is not supported (this melvin "
-                                f"reads version {VERSION})")
+                                f"reads versions 1 to {VERSION})")
     names = _SECTIONS if version >= 2 else _SECTIONS_V1
     if count != len(names):
         raise CorruptBrainError(f"unexpected section count {count}")
@@ -273,7 +278,7 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True):
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise CorruptBrainError("meta.seed invalid")
     arrays = {}
-    node_dtype = NODE_DTYPE if version >= 2 else NODE_DTYPE_V1
+    node_dtype = {1: NODE_DTYPE_V1, 2: NODE_DTYPE}.get(version, NODE_RECORD_DTYPE)
     for name, dtype in (("nodes", node_dtype), ("contexts", CTX_DTYPE), ("edges", EDGE_DTYPE)):
         if len(sections[name]) != counts[name] * dtype.itemsize:
             raise CorruptBrainError(f"section {name} holds {len(sections[name])} bytes, "

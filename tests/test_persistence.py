@@ -431,8 +431,9 @@ def test_hostile_json(brain):
 
 
 def _node_dtype():
-    from melvin._core.core import NODE_DTYPE
-    return NODE_DTYPE
+    """The node records of the current format (no right component: it is found by payload)."""
+    from melvin._core.core import NODE_RECORD_DTYPE
+    return NODE_RECORD_DTYPE
 
 
 def _edge_dtype():
@@ -461,6 +462,8 @@ def test_hostile_records(brain):
     nn, nc, ne = (brain.stats()[k] for k in ("nodes", "contexts", "edges"))
     h = _hierarchy(brain)[5]
     NONE = 0xFFFFFFFF
+    lengths = np.frombuffer(_split(buf)["nodes"], dtype=_node_dtype())["length"]
+    longer = next(u for u in range(257, h) if lengths[u] >= lengths[h])
     edits = [
         ("edges", _edge_dtype(), _set("dst", 0, nn)),
         ("edges", _edge_dtype(), _set("dst", ne - 1, NONE)),
@@ -470,9 +473,12 @@ def test_hostile_records(brain):
         ("contexts", _ctx_dtype(), _set("node", 0, nn + 5)),
         ("contexts", _ctx_dtype(), lambda a: a["key"].__setitem__(1, a["key"][0])),  # dup key
         ("nodes", _node_dtype(), _set("left", h, h)),       # self reference
-        ("nodes", _node_dtype(), _set("right", h, h + 1)),  # forward
-        ("nodes", _node_dtype(), _set("left", h, NONE)),    # half a pair
+        ("nodes", _node_dtype(), _set("left", h, h + 1)),   # forward
+        ("nodes", _node_dtype(), _set("left", h, nn)),      # missing
         ("nodes", _node_dtype(), _set("left", h, 0)),       # wrong payload
+        ("nodes", _node_dtype(), _set("left", h, 256)),     # STOP: an empty left part
+        ("nodes", _node_dtype(), _set("left", h, longer)),  # no right part left
+        ("nodes", _node_dtype(), _set("left", 65, 66)),     # a byte node with components
         ("nodes", _node_dtype(), _set("level", h, 0)),
         ("nodes", _node_dtype(), _set("level", h, 200)),
         ("nodes", _node_dtype(), _set("level", 65, 1)),     # byte node
@@ -497,7 +503,8 @@ def _repeat_node(brain, buf):
                 and nodes["port"][x] == nodes["port"][y])
     arena[offs[b]:offs[b + 1]] = arena[offs[a]:offs[a + 1]]
     for field in ("left", "right", "level"):
-        nodes[field][b] = nodes[field][a]
+        if field in nodes.dtype.names:
+            nodes[field][b] = nodes[field][a]
     return _join({**s, "nodes": nodes.tobytes(), "arena": bytes(arena)})
 
 
@@ -759,7 +766,7 @@ def test_version_1_brains_still_load(wiki_lines):
     for line in wiki_lines[:100]:
         g.feed(line)
     s = _split(dumps(g))
-    nodes = np.frombuffer(s["nodes"], dtype=_node_dtype())
+    nodes = g._core.export_state()["nodes"]          # with their right components
     old = np.zeros(len(nodes), NODE_DTYPE_V1)
     for field in NODE_DTYPE_V1.names:
         old[field] = nodes[field]
@@ -783,6 +790,50 @@ def test_version_1_brains_still_load(wiki_lines):
         loads(_join({**v1, "nodes": s["nodes"]}, version=1))
 
 
+def test_version_2_brains_still_load(brain):
+    """Format 2 stored each node's right component (20-byte records, a reserved field that must
+    be zero). Such a brain loads into the same graph as format 3 gives, and saves as format 3."""
+    from melvin._core.core import NODE_DTYPE
+    buf = dumps(brain)
+    s = _split(buf)
+    nodes = brain._core.export_state()["nodes"]
+    assert nodes.dtype == NODE_DTYPE and len(s["nodes"]) == 14 * len(nodes)
+    v2 = {**s, "nodes": nodes.tobytes()}
+    g2 = loads(_join(v2, version=2))
+    assert g2.check() and dumps(g2) == buf
+    bad = nodes.copy()
+    bad["reserved"][300] = 1
+    hostile = [{**v2, "nodes": bad.tobytes()},
+               {**v2, "nodes": s["nodes"]}]          # a format-3 node table in a format-2 file
+    h = _hierarchy(brain)[5]
+    for field, value in (("right", h), ("right", 0xFFFFFFFF), ("right", 0)):
+        bad = nodes.copy()
+        bad[field][h] = value                          # forward, half a pair, wrong payload
+        hostile.append({**v2, "nodes": bad.tobytes()})
+    for sections in hostile:
+        with pytest.raises(melvin.CorruptBrainError):
+            loads(_join(sections, version=2))
+
+
+def test_right_components_are_found_by_payload(brain):
+    """Format 3 leaves a node's right component out: loading finds the pattern spelling the rest
+    of the payload (on the node's port), which is the component training linked; a node whose
+    components were pruned (left NONE) loads without them."""
+    from melvin._core.core import NODE_RECORD_DTYPE
+    buf = dumps(brain)
+    g = loads(buf)
+    ours, theirs = g._core.export_state()["nodes"], brain._core.export_state()["nodes"]
+    assert (ours == theirs).all() and (theirs["left"] != 0xFFFFFFFF).sum() > 100
+    assert NODE_RECORD_DTYPE.itemsize == 14         # DESIGN: at most 16 bytes per node
+    nodes = np.frombuffer(_split(buf)["nodes"], dtype=NODE_RECORD_DTYPE).copy()
+    h = _hierarchy(brain)[5]
+    nodes["left"][h] = 0xFFFFFFFF
+    pruned = loads(_join({**_split(buf), "nodes": nodes.tobytes()}))
+    assert pruned.check()
+    st = pruned._core.export_state()["nodes"]
+    assert st["left"][h] == st["right"][h] == 0xFFFFFFFF
+
+
 def test_hostile_categories(brain):
     from melvin._core.core import cat_dtype
     buf = dumps(brain)
@@ -795,9 +846,6 @@ def test_hostile_categories(brain):
 
     def node_cat_stop(a):
         a["category"][256] = 1
-
-    def reserved(a):
-        a["reserved"][300] = 1
 
     def edit(field, value):
         def f(a):
@@ -815,7 +863,6 @@ def test_hostile_categories(brain):
 
     hostile = [_records(buf, "nodes", _node_dtype(), node_cat),
                _records(buf, "nodes", _node_dtype(), node_cat_stop),
-               _records(buf, "nodes", _node_dtype(), reserved),
                _records(buf, "cats", dtype, edit("n", 1000)),
                _records(buf, "cats", dtype, dim),
                _records(buf, "cats", dtype, weight),

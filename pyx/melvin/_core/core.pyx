@@ -72,18 +72,33 @@ def _records(a, dtype):
     return raw if len(raw) else np.zeros(1, np.uint8)     # [0] of an empty view is an error
 
 
+# A node as export_state gives it (merge, distributed shards), and as brain files of format 2
+# stored it: 20 bytes, 4-byte aligned.
 NODE_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
                        ("right", "<u4"), ("count", "<u4"), ("category", "<u2"),
-                       ("reserved", "<u2")])   # 20 bytes: records stay 4-byte aligned
-# Format version 1 (before categories): the same without the category.
+                       ("reserved", "<u2")])
+# Format 3 stores 14 bytes: no right component, which is the pattern that spells the rest of
+# the payload after the left one's (patterns are unique per port, and components share their
+# node's port), found through the node index when loading.
+NODE_RECORD_DTYPE = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"),
+                              ("left", "<u4"), ("count", "<u4"), ("category", "<u2")])
+# Format 1 (before categories).
+NODE_DTYPE_V1 = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
+                          ("right", "<u4"), ("count", "<u4")])
+
+
 def cat_dtype(uint32_t dims):
     """File layout of a category profile with `dims` slots."""
     return np.dtype([("top", "<u4"), ("n", "<u4"), ("refreshed", "<u4"), ("dims", "<u4", (dims,)),
                      ("w", "<f4", (dims,))])
 
 
-NODE_DTYPE_V1 = np.dtype([("length", "<u2"), ("level", "u1"), ("port", "u1"), ("left", "<u4"),
-                          ("right", "<u4"), ("count", "<u4")])
+def node_records(nodes):
+    """NODE_DTYPE records (export_range) as format-3 file records."""
+    out = np.zeros(len(nodes), NODE_RECORD_DTYPE)
+    for field in NODE_RECORD_DTYPE.names:
+        out[field] = nodes[field]
+    return out
 CTX_DTYPE = np.dtype([("key", "<u8")])
 EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
 COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
@@ -175,6 +190,30 @@ cdef uint32_t _decode_ctxs(GraphC* g, const uint8_t* raw, uint32_t start, uint32
         g.ctxs[c].total = 0
         g.ctxs[c].distinct = 0
     g.n_ctxs = stop
+    return NONE
+
+
+cdef uint32_t _find_right_components(GraphC* g) noexcept nogil:
+    """Loading format 3 (no right components stored): each node with a left component gets the
+    node that spells the rest of its payload, on its port, as its right one, through the node
+    index. Returns the first node whose left component is not shorter than it, or whose rest is
+    no earlier node (NONE if none)."""
+    cdef uint32_t v, r, ll, lr
+    cdef NodeC* nd
+    cdef const uint8_t* p
+    for v in range(g.n_nodes):
+        nd = &g.nodes[v]
+        if nd.left == NONE:
+            continue
+        ll = g.nodes[nd.left].payload_len
+        if ll == 0 or ll >= nd.payload_len:
+            return v
+        lr = nd.payload_len - ll
+        p = g.arena + nd.payload_off + ll
+        r = node_find(g, node_key(poly_bytes(p, lr), nd.port, lr), p, lr, nd.port)
+        if r == NONE or r >= v:
+            return v
+        nd.right = r
     return NONE
 
 
@@ -1251,7 +1290,8 @@ cdef class Core:
     def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None,
                      bint verify=True, uint32_t categories=0, profiles=None, crcs=None,
                      release=None):
-        """Fill an empty Core from export_state() arrays, validating every id, offset and count.
+        """Fill an empty Core from export_state() arrays, validating every id, offset and count
+        (nodes: NODE_DTYPE records, or NODE_RECORD_DTYPE ones, whose right components are found).
         capacities=None sizes the tables to fit (merge); saved capacities are checked for
         plausibility first. Raises CorruptBrainError (the Core stays empty and consistent) on any
         inconsistency. verify=False skips the final full check() (ids, offsets and counts are
@@ -1407,20 +1447,24 @@ cdef class Core:
         return bad
 
     cdef _load_nodes(self, nodes, bytes arena):
-        """Loading: the node records and their payloads, validated."""
+        """Loading: the node records and their payloads, validated. Records without a right
+        component (NODE_RECORD_DTYPE) leave it NONE, for _find_right_components."""
         cdef GraphC* g = &self.g
         cdef uint32_t v, nn = len(nodes), left, right, length
         cdef uint64_t off = 0
         cdef const uint8_t* ap = arena
         cdef NodeC* nd
+        cdef bint has_right = "right" in nodes.dtype.names
         cdef const cnp.uint16_t[:] n_len = _aligned(nodes["length"])
         cdef const cnp.uint8_t[:] n_level = _aligned(nodes["level"])
         cdef const cnp.uint8_t[:] n_port = _aligned(nodes["port"])
         cdef const cnp.uint32_t[:] n_left = _aligned(nodes["left"])
-        cdef const cnp.uint32_t[:] n_right = _aligned(nodes["right"])
+        cdef const cnp.uint32_t[:] n_right = _aligned(nodes["right"] if has_right else
+                                                      np.full(nn, NONE, np.uint32))
         cdef const cnp.uint32_t[:] n_count = _aligned(nodes["count"])
         cdef const cnp.uint16_t[:] n_cat = _aligned(nodes["category"])
-        cdef const cnp.uint16_t[:] n_reserved = _aligned(nodes["reserved"])
+        cdef const cnp.uint16_t[:] n_reserved = _aligned(nodes["reserved"] if has_right else
+                                                         np.zeros(nn, np.uint16))
         cdef uint32_t n_cats = self._n_categories
         cdef bint keep_cats = g.max_cats != 0
         if nn:
@@ -1433,7 +1477,8 @@ cdef class Core:
             right = n_right[v]
             if length > g.max_payload or n_level[v] > g.max_levels:
                 raise CorruptBrainError(f"node {v} exceeds the brain's max_payload/max_levels")
-            if (left == NONE) != (right == NONE) or (left != NONE and (left >= v or right >= v)):
+            if ((left == NONE) != (right == NONE) and has_right) or \
+                    (left != NONE and (left >= v or (has_right and right >= v))):
                 raise CorruptBrainError(f"node {v} has invalid components")
             if n_cat[v] > n_cats or (n_cat[v] and length == 0):
                 raise CorruptBrainError(f"node {v} names category {n_cat[v]} of {n_cats}")
@@ -1458,7 +1503,8 @@ cdef class Core:
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities, crcs, release):
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
-        cdef uint32_t dup_node, dup_ctx
+        cdef uint32_t dup_node, dup_ctx, bad_right = NONE
+        cdef bint find_right = "right" not in nodes.dtype.names
         cdef int trie_ok
         cdef uint64_t caps[9]
         for i, name in enumerate(CAPACITY_NAMES):
@@ -1491,6 +1537,8 @@ cdef class Core:
             self._load_nodes(nodes, arena)
             with nogil:
                 dup_node = rebuild_index(g, 0)
+                if find_right and dup_node == NONE:
+                    bad_right = _find_right_components(g)
                 dup_ctx = rebuild_index(g, 1)
                 trie_ok = trie_build(g) if dup_node == NONE else 0
             decoded.wait()
@@ -1506,6 +1554,8 @@ cdef class Core:
             raise CorruptBrainError(f"edge {edges_done[0]} is invalid")
         if dup_node != NONE:
             raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
+        if bad_right != NONE:
+            raise CorruptBrainError(f"node {bad_right} has invalid components")
         if dup_ctx != NONE:
             raise CorruptBrainError(f"context {dup_ctx} repeats an earlier context's key")
         if edges_done[1] != NONE:
