@@ -99,6 +99,8 @@ def node_records(nodes):
     for field in NODE_RECORD_DTYPE.names:
         out[field] = nodes[field]
     return out
+
+
 CTX_DTYPE = np.dtype([("key", "<u8")])
 EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
 COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
