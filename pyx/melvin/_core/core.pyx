@@ -180,7 +180,7 @@ cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t start, uint3
     return NONE
 
 
-cdef uint32_t _decode_ctxs(GraphC* g, const uint8_t* raw, uint32_t start, uint32_t stop) noexcept nogil:
+cdef void _decode_ctxs(GraphC* g, const uint8_t* raw, uint32_t start, uint32_t stop) noexcept nogil:
     """Loading: context records start..stop-1 (their 8-byte keys) into unlinked contexts."""
     cdef uint32_t c
     cdef uint64_t key
@@ -192,7 +192,6 @@ cdef uint32_t _decode_ctxs(GraphC* g, const uint8_t* raw, uint32_t start, uint32
         g.ctxs[c].total = 0
         g.ctxs[c].distinct = 0
     g.n_ctxs = stop
-    return NONE
 
 
 cdef uint32_t _find_right_components(GraphC* g) noexcept nogil:
@@ -946,7 +945,6 @@ cdef class Core:
         and edge through its index (half of a big brain's check): loading indexes them itself,
         refusing repeats on the way, so each is found by construction. It also skips the edge
         records' ids and counts, which the loader validated as it decoded them."""
-        cdef bint probes = not loaded
         cdef GraphC* g = &self.g
         cdef uint32_t v, c, e, steps, s, state, j
         cdef uint64_t total, counts = 0
@@ -1025,7 +1023,7 @@ cdef class Core:
                     raise InvariantError(f"trie path of node {v} broken")
             if g.trie[state].node != v or nd.state != state:
                 raise InvariantError(f"trie does not end at node {v}")
-        if probes:
+        if not loaded:
             with nogil:
                 v = _first_node_not_found(g)
             if v != NONE:
@@ -1043,7 +1041,7 @@ cdef class Core:
         if g.total_count + g.n_nodes >= 0xFFFFFFFFu:
             raise InvariantError("counts too large for the trie aggregates")
         if not full:
-            return self._check_contexts_and_edges(False, probes, not loaded)
+            return self._check_contexts_and_edges(False, loaded)
         agg_arr = np.zeros(g.n_trie, dtype=np.uint64)
         cdef uint64_t[::1] agg = agg_arr          # typed: C indexing, not Python's per element
         for v in range(g.n_nodes):
@@ -1080,14 +1078,15 @@ cdef class Core:
                 raise InvariantError(f"trie state {s} child list does not hold its {kids[s]} children")
             if g.trie[s].branching != (kids[s] >= 2):
                 raise InvariantError(f"trie state {s} branching flag is wrong")
-        return self._check_contexts_and_edges(True, probes, not loaded)
+        return self._check_contexts_and_edges(True, loaded)
 
-    cdef _check_contexts_and_edges(self, bint lists, bint probes, bint records):
+    cdef _check_contexts_and_edges(self, bint lists, bint loaded):
+        """check()'s contexts and edges; loaded: see _check."""
         cdef GraphC* g = &self.g
         cdef uint32_t c, e, j, steps = 0
         cdef uint64_t total
         cdef uint32_t[::1] found
-        if probes:
+        if not loaded:
             found_arr = np.empty(g.n_ctxs, dtype=np.uint32)
             found = found_arr
             if g.n_ctxs:
@@ -1115,12 +1114,12 @@ cdef class Core:
                 raise InvariantError(f"context {c} totals disagree with its edges")
         if lists and steps != g.n_edges:
             raise InvariantError("some edges are in no successor list")
-        for e in range(g.n_edges if records else 0):
+        for e in range(0 if loaded else g.n_edges):
             if g.edges[e].dst >= g.n_nodes or g.edges[e].ctx >= g.n_ctxs:
                 raise InvariantError(f"edge {e} names a missing node or context")
             if g.edges[e].count == 0:
                 raise InvariantError(f"edge {e} has a zero count")
-        if probes:
+        if not loaded:
             with nogil:
                 e = _first_edge_not_found(g)
             if e != NONE:
@@ -1436,8 +1435,8 @@ cdef class Core:
             with nogil:
                 if edges:
                     bad = _decode_edges(&self.g, &raw[0], start, stop, nc, nn, &seen[0])
-                else:
-                    bad = _decode_ctxs(&self.g, &raw[0], start, stop)
+                else:                     # (any 8 bytes are a key)
+                    _decode_ctxs(&self.g, &raw[0], start, stop)
             if release is not None:
                 release(name, stop * size)
             if bad != NONE:
