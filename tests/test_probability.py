@@ -237,6 +237,72 @@ def test_sorted_exclusion_ranges_equal_the_walk(wiki_lines):
         model._set_excl_min(default)
 
 
+
+def _byte_walk_choice(core, cand):
+    """Reference for generation's greedy choice (the Python it replaced): the candidates'
+    payloads walked as a trie from the first byte; at each prefix stop at the token spelling it
+    exactly (STOP first) if it is at least as probable as the heaviest longer branch, else follow
+    that branch (equal masses: the smaller byte)."""
+    group = sorted((core.node_payload(d), d, p) for d, p in cand.items() if d != STOP)
+    depth, mass = 0, sum(x[2] for x in group)
+    exact = (STOP, cand[STOP]) if STOP in cand else (None, -1.0)
+    while True:
+        branches = {}
+        for item in group:
+            if len(item[0]) > depth:
+                branches.setdefault(item[0][depth], []).append(item)
+        if not branches:
+            break
+        sub_mass, byte = min((-sum(x[2] for x in items), b) for b, items in branches.items())
+        if exact[0] is not None and exact[1] >= -sub_mass:
+            break
+        group, mass, depth = branches[byte], -sub_mass, depth + 1
+        exact = (group[0][1], group[0][2]) if len(group[0][0]) == depth else (None, -1.0)
+    if exact[0] is None:
+        return None, 0.0
+    return exact[0], min(1.0, exact[1] if exact[0] == STOP else mass)
+
+
+@pytest.mark.parametrize("hierarchy", [True, False], ids=["hierarchy", "bytewise"])
+def test_generation_candidates_in_one_walk_equal_prob_of(wiki_lines, hierarchy):
+    """Generation gathers every candidate's probability in one walk of each context's
+    successors (from the sorted copies of busy contexts, or the lists): prob_of's interpolation,
+    summed in another order. The greedy choice walks their payloads through the trie: the same
+    token and probability as the byte walk over sorted payloads it replaced."""
+    from melvin._core import model
+    from melvin.persist import dumps, loads
+
+    g = melvin.Graph(melvin.Limits(hierarchy=hierarchy))
+    for line in wiki_lines[:300]:
+        g.feed(line)
+    g = loads(dumps(g))                   # frozen: busy contexts get sorted copies at once
+    prompts = _random_prompts(wiki_lines[300:360], 40)
+    default = model._set_excl_min(0xFFFFFFFF)
+    try:
+        answers = {}
+        for excl_min in (0xFFFFFFFF, 2):
+            model._set_excl_min(excl_min)
+            answers[excl_min] = [g.generate(p, max_bytes=40, return_confidence=True)
+                                 for p in prompts]
+            checked = 0
+            for p in prompts:
+                cand, reference, best, bp = g._core._recall_step(p)
+                assert cand.keys() == reference.keys()
+                for d, prob in cand.items():
+                    assert prob == pytest.approx(reference[d], rel=1e-12, abs=0.0)
+                want, want_p = _byte_walk_choice(g._core, cand)
+                assert best == want
+                assert bp == pytest.approx(want_p, rel=1e-12, abs=0.0)
+                checked += len(cand) > 1
+            assert checked > len(prompts) // 2
+        assert g._core._excl_held > 0
+    finally:
+        model._set_excl_min(default)
+    # the same text; confidences sum the same candidates in another order
+    for (out, conf), (want, want_conf) in zip(answers[2], answers[0xFFFFFFFF]):
+        assert out == want
+        assert conf == pytest.approx(want_conf, rel=1e-12, abs=0.0)
+
 def test_spelling_shares_evidence_between_tokens_with_a_common_prefix():
     """Scoring spells a token byte by byte: ' cap' never followed 'the', but tokens starting with
     ' ca' did, so it costs far less there than ' dog', which is as frequent overall (unspelled,

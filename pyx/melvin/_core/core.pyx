@@ -15,7 +15,7 @@ from libc.stdlib cimport malloc, free
 from melvin._core.defs cimport *
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
-                                 edge_find, trie_child, match_longest, reserve_nodes, reserve_ctxs,
+                                 edge_find, trie_child, trie_step, match_longest, reserve_nodes, reserve_ctxs,
                                  reserve_edges, reserve_trie, append_node, append_ctx, rebuild_index,
                                  link_edge_lists, rebuild_edge_index,
                                  trie_insert_node, store_alloc_exact,
@@ -26,7 +26,8 @@ from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts
                                  add_port, absorb, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
                                  compact_caps,
                                  prob_next, prob_attended, spell_step, attn_values, excl_settled,
-                                 SMOOTH_RECALL, KIND_CAT)
+                                 SMOOTH_RECALL, KIND_CAT, RecallC, recall_gather, recall_best,
+                                 recall_free)
 from melvin.errors import CapExceeded, InvariantError, CorruptBrainError
 
 cnp.import_array()
@@ -242,6 +243,7 @@ cdef class Core:
     cdef GraphC g
     cdef readonly dict limits
     cdef uint32_t _n_categories        # loading: categories the node records may name
+    cdef RecallC _recall               # generation's candidates (scratch)
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
@@ -249,6 +251,7 @@ cdef class Core:
                   bint word_tokens=False, uint32_t embedding_dims=0, uint32_t max_categories=0,
                   bint empty=False):
         memset(&self.g, 0, sizeof(GraphC))
+        memset(&self._recall, 0, sizeof(RecallC))
         store_init(&self.g)
         self.g.pool.cap = max_memory
         self.g.pool.fail_at = -1
@@ -282,6 +285,7 @@ cdef class Core:
 
     def __dealloc__(self):
         store_free(&self.g)
+        recall_free(&self._recall)
 
     cdef _raise(self, str what):
         cdef int err = self.g.pool.err
@@ -510,72 +514,75 @@ cdef class Core:
         for i in range(first, j):
             trace_push(tr, <uint32_t>ids[i], MAX_CONTEXT)
 
-    cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port):
-        """Generation's candidates: every token observed after any order of the current context,
-        with its probability under the plain token mixture (prob_of with SMOOTH_RECALL), not the
-        spelled, exclusion-renormalised distribution predict and score use: the text generation
-        writes is not re-segmented between steps. Without the 1-byte context (the first key, when
-        byte_orders starts at 1): it sharpens prediction but blurs recall of what followed a
-        longer context (assoc recall 0.900 with it, 0.915 without). Without the category context
-        either: recall wants what followed this very context, not its category's other members
-        ("recovery works" fed 3 times went on " wor th t" with it)."""
-        cdef dict out = {}
-        cdef uint32_t k, e, d
+    cdef uint32_t _gather(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port) except? 0xFFFFFFFF:
+        """Generation's candidates into self._recall (recall_gather): every token observed after
+        any order of the current context, with its probability under the plain token mixture
+        (prob_of with SMOOTH_RECALL), not the spelled, exclusion-renormalised distribution
+        predict and score use: the text generation writes is not re-segmented between steps.
+        Without the 1-byte context (the first key, when byte_orders starts at 1): it sharpens
+        prediction but blurs recall of what followed a longer context (assoc recall 0.900 with
+        it, 0.915 without). Without the category context either: recall wants what followed this
+        very context, not its category's other members ("recovery works" fed 3 times went on
+        " wor th t" with it). Returns how many."""
         cdef uint32_t own[MAX_ORDERS]
-        if m:
-            memcpy(own, cis, m * sizeof(uint32_t))
-            if self.g.n_byte_orders and self.g.byte_orders[0] == 1:
-                own[0] = NONE
-            for k in range(m):
-                if tr.kinds[k] == KIND_CAT:
-                    own[k] = NONE
-            cis = own
-        for k in range(m):
-            if cis[k] == NONE:
-                continue
-            e = self.g.ctxs[cis[k]].head
-            while e != NONE:
-                d = self.g.edges[e].dst
-                if d not in out and (d == STOP or (self.g.nodes[d].port == port and
-                                                   self.g.nodes[d].payload_len > 0)):
-                    out[d] = prob_of(&self.g, cis, m, d, &SMOOTH_RECALL)
-                e = self.g.edges[e].next
-        return out
+        cdef int n
+        self._recall_contexts(tr, cis, m, own)
+        with nogil:
+            n = recall_gather(&self.g, &self._recall, own, m, port)
+        if n < 0:
+            self._raise("gathering generation's candidates")
+        return <uint32_t>n
 
-    def _best_supported(self, dict cand):
-        """Greedy choice for generation, by bytes rather than by token. The same continuation is
-        learned under several segmentations ("s", "st", "stone ", "stone tree"), so one token's
-        probability says little about the text. Walk the candidates' payloads as a trie from the
-        first byte: at each prefix, stop at the token spelling exactly that prefix if it is at
-        least as probable as every longer branch taken together, else follow the most probable
-        branch. Stopping early is safe: the next step's contexts (byte suffixes) see the same
-        bytes however they were cut. Returns (node, probability that the continuation starts
-        with the chosen token's bytes)."""
-        cdef double stop_p = cand.get(STOP, -1.0)
-        group = sorted((self._payload(d), d, pr) for d, pr in cand.items() if d != STOP)
-        depth = 0
-        mass = sum(x[2] for x in group)
-        exact_d, exact_p = (STOP, stop_p) if stop_p >= 0 else (None, -1.0)
-        while True:
-            branches = {}
-            for item in group:
-                if len(item[0]) > depth:
-                    branches.setdefault(item[0][depth], []).append(item)
-            if not branches:
-                break
-            # most probable branch; equal masses go to the smaller byte (never to ids)
-            sub_mass, byte = min((-sum(x[2] for x in items), b) for b, items in branches.items())
-            sub_mass = -sub_mass
-            sub = branches[byte]
-            if exact_d is not None and exact_p >= sub_mass:
-                break
-            group, mass, depth = sub, sub_mass, depth + 1
-            exact_d, exact_p = None, -1.0
-            if len(group[0][0]) == depth:          # sorted: the exact token comes first
-                exact_d, exact_p = group[0][1], group[0][2]
-        if exact_d is None:
-            return None, 0.0
-        return exact_d, min(1.0, exact_p if exact_d == STOP else mass)
+    cdef void _recall_contexts(self, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t* own):
+        """The contexts generation weighs (see _gather): cis without the 1-byte and category ones."""
+        cdef uint32_t k
+        memcpy(own, cis, m * sizeof(uint32_t))
+        if m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:
+            own[0] = NONE
+        for k in range(m):
+            if tr.kinds[k] == KIND_CAT:
+                own[k] = NONE
+
+    def _recall_step(self, const uint8_t[::1] prompt, int port=0):
+        """Test hook: generation's candidates after the whole prompt (no healing) as
+        ({token: probability} gathered in one walk, {token: prob_of of each}), and the greedy
+        choice with its probability ((None, 0.0) if none)."""
+        cdef TraceC tr
+        cdef uint32_t cis[MAX_ORDERS]
+        cdef uint32_t own[MAX_ORDERS]
+        cdef uint32_t m, best
+        cdef double bp = 0.0
+        cdef list starts = []
+        cdef size_t n = prompt.shape[0]
+        ids = self._parse(&prompt[0] if n else NULL, n, <uint8_t>port, starts)
+        self._trace_at(&tr, ids, len(ids))
+        m = trace_contexts(&self.g, &tr, cis)
+        cand = self._candidates(&tr, cis, m, <uint8_t>port)
+        self._recall_contexts(&tr, cis, m, own)
+        reference = {d: prob_of(&self.g, own, m, d, &SMOOTH_RECALL) for d in cand}
+        self._gather(&tr, cis, m, <uint8_t>port)
+        best = recall_best(&self.g, &self._recall, <uint8_t>port, &bp)
+        if self.g.pool.err:
+            self._raise("generating")
+        return cand, reference, (None if best == NONE else best), bp
+
+    cdef dict _candidates(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port,
+                          const uint8_t[::1] rest=None, bint strict=False):
+        """_gather's candidates as {token: probability}; with rest, only the tokens whose payload
+        starts with it (strict: and is longer), never STOP."""
+        cdef uint32_t i, d, n = self._gather(tr, cis, m, port)
+        cdef uint32_t len_r = rest.shape[0] if rest is not None else 0
+        cdef NodeC* nd
+        cdef dict out = {}
+        for i in range(n):
+            d = self._recall.ids[i]
+            if rest is not None:
+                nd = &self.g.nodes[d]
+                if d == STOP or nd.payload_len < len_r or (strict and nd.payload_len == len_r) or \
+                        (len_r and memcmp(self.g.arena + nd.payload_off, &rest[0], len_r) != 0):
+                    continue
+            out[d] = self._recall.p[d]
+        return out
 
     cdef double _recency(self, uint16_t stamp):
         """Edges remember their last use (in units of 65,536 learned tokens); older evidence
@@ -786,19 +793,26 @@ cdef class Core:
         return those successors with their probabilities and the length of the remainder; tr is
         left at that boundary. ({}, 0) if no learned pattern continues the tail."""
         cdef uint32_t cis[MAX_ORDERS]
-        cdef uint32_t m
-        cdef Py_ssize_t j, n = prompt.shape[0]
+        cdef uint32_t m, s
+        cdef Py_ssize_t i, j, n = prompt.shape[0]
         cdef Py_ssize_t first = bisect.bisect_left(starts, n - self.g.max_payload
                                                    if n > <Py_ssize_t>self.g.max_payload else 0)
         for j in range(first, len(ids)):
-            rest = bytes(prompt[starts[j]:])
+            # Only a remainder that some pattern of the port starts with (strict: and extends) can
+            # be continued: the trie tells, so most boundaries are passed without gathering the
+            # successors of their contexts (thousands each in a big brain).
+            s = self.g.port_root[port]
+            i = starts[j]
+            while s != NONE and i < n:
+                s = trie_step(&self.g, s, prompt[i])
+                i += 1
+            if s == NONE or (strict and self.g.trie[s].first_child == NONE):
+                continue
             self._trace_at(tr, ids, j)
             m = trace_contexts(&self.g, tr, cis)
-            cand = {d: pr for d, pr in self._candidates(tr, cis, m, port).items()
-                    if d != STOP and self._payload(d).startswith(rest) and
-                    (not strict or self.g.nodes[d].payload_len > len(rest))}
+            cand = self._candidates(tr, cis, m, port, prompt[starts[j]:], strict)
             if cand:
-                return cand, len(rest)
+                return cand, n - starts[j]
         return {}, 0
 
     def generate(self, const uint8_t[::1] prompt, int port=0, size_t max_bytes=256,
@@ -852,13 +866,13 @@ cdef class Core:
             if state in seen:
                 break
             seen.add(state)
-            cand = self._candidates(&tr, cis, m, <uint8_t>port)
-            if not cand:
+            if self._gather(&tr, cis, m, <uint8_t>port) == 0:
                 break
-            choice, bp = self._best_supported(cand)
-            if choice is None:
+            best = recall_best(&self.g, &self._recall, <uint8_t>port, &bp)
+            if best == NONE:
+                if self.g.pool.err:
+                    self._raise("generating")
                 break
-            best = choice
             if best == STOP or bp < min_confidence:
                 break
             # Adaptive stop: a step far less certain than this generation has been so far (the

@@ -70,6 +70,22 @@ cdef SmoothC* score_smoothing(GraphC* g) noexcept nogil
 
 cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* sm) noexcept nogil
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil
+# Generation's candidates and greedy choice (see model.pyx), in scratch the caller owns (zeroed
+# to start; recall_free releases it).
+cdef struct RecallC:
+    double* p                      # by node id: the candidate's probability (where mark is set)
+    uint32_t* ids                  # the candidates, in the order met
+    uint8_t* mark
+    uint32_t n
+    uint32_t cap                   # node ids the arrays cover
+    double* mass                   # by trie state: the candidates at or below it (recall_best)
+    uint32_t* states               # the states weighed
+    uint8_t* state_mark
+    uint32_t n_states
+    uint32_t cap_states
+cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m, uint8_t port) noexcept nogil
+cdef uint32_t recall_best(GraphC* g, RecallC* rc, uint8_t port, double* prob) noexcept nogil
+cdef void recall_free(RecallC* rc) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil
 # The tokens the attention heads may predict (the window, NONE where ruled out); how many (0 when
 # the heads are off). prob_attended is prob_next with them gathered once for many tokens.

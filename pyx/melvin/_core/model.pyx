@@ -819,6 +819,7 @@ cdef double prob_of(GraphC* g, uint32_t* cis, uint32_t n, uint32_t v, SmoothC* s
     return p
 
 
+
 cdef bint is_excluded(GraphC* g, uint32_t a, uint32_t u) noexcept nogil:
     """True if greedy segmentation can never emit u right after a: some prefix of u would have
     extended a into a longer pattern (so a would not have been the longest match)."""
@@ -1043,6 +1044,200 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
         x.small_ids += n
     return slot
 
+
+# --- generation's candidates ----------------------------------------------------------------------
+# Greedy generation weighs every token observed after any of the current contexts. prob_of per
+# candidate probed every context's edge index for each of them (thousands after a short byte
+# context of a big brain: ~10 ms per generated token). Each order's step is affine in the previous
+# order's probability, p_k = beta_k(v) + alpha_k * p_(k-1) with alpha_k the same for every token
+# and beta_k(v) non-zero only for the context's successors, so
+#     p(v) = p_0(v) * prod_k alpha_k + sum_k beta_k(v) * prod_(j>k) alpha_j,
+# and one walk of each context's successor list gives every candidate's probability.
+
+cdef int _recall_room(RecallC* rc, uint32_t nodes, uint32_t states) noexcept nogil:
+    """Scratch for node ids below nodes and trie states below states (marks zeroed); -1 without
+    memory (what was there stays valid)."""
+    cdef uint64_t cap
+    cdef void* q
+    if nodes > rc.cap:
+        cap = <uint64_t>nodes + nodes // 8 + 64
+        q = realloc(rc.p, cap * sizeof(double))
+        if q == NULL:
+            return -1
+        rc.p = <double*>q
+        q = realloc(rc.ids, cap * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        rc.ids = <uint32_t*>q
+        q = realloc(rc.mark, cap)
+        if q == NULL:
+            return -1
+        rc.mark = <uint8_t*>q
+        memset(rc.mark + rc.cap, 0, cap - rc.cap)
+        rc.cap = <uint32_t>cap
+    if states > rc.cap_states:
+        cap = <uint64_t>states + states // 8 + 64
+        q = realloc(rc.mass, cap * sizeof(double))
+        if q == NULL:
+            return -1
+        rc.mass = <double*>q
+        q = realloc(rc.states, cap * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        rc.states = <uint32_t*>q
+        q = realloc(rc.state_mark, cap)
+        if q == NULL:
+            return -1
+        rc.state_mark = <uint8_t*>q
+        memset(rc.state_mark + rc.cap_states, 0, cap - rc.cap_states)
+        rc.cap_states = <uint32_t>cap
+    return 0
+
+
+cdef inline void _recall_add(GraphC* g, RecallC* rc, uint32_t d, uint32_t c, uint8_t port,
+                             double dd, double scale) noexcept nogil:
+    """recall_gather: successor d seen c times in a context (scale: see there)."""
+    if d == STOP or (g.nodes[d].port == port and g.nodes[d].payload_len > 0):
+        if not rc.mark[d]:
+            rc.mark[d] = 1
+            rc.ids[rc.n] = d
+            rc.n += 1
+            rc.p[d] = 0.0
+        if c > dd:
+            rc.p[d] += (c - dd) * scale
+
+
+cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m, uint8_t port) noexcept nogil:
+    """The candidates after contexts cis[0..m) (NONE: left out): STOP and the tokens of `port`
+    with a payload observed after any of them, into rc.ids[0..rc.n), each with
+    prob_of(g, cis, m, v, &SMOOTH_RECALL) in rc.p[v] (the same sum, in another order). Returns
+    rc.n, or -1 without memory (g.pool.err set)."""
+    cdef double alpha[MAX_ORDERS]
+    cdef double after[MAX_ORDERS + 1]
+    cdef double dd, a, scale, base
+    cdef uint32_t i, k, e, d
+    cdef const uint32_t* ids
+    cdef const uint32_t* pre
+    cdef ExclSlotC* slot
+    cdef CtxC* x
+    for i in range(rc.n):
+        rc.mark[rc.ids[i]] = 0
+    rc.n = 0
+    if _recall_room(rc, g.n_nodes, 0) < 0:
+        g.pool.err = ERR_NOMEM
+        g.pool.err_request = <size_t>g.n_nodes * (sizeof(double) + sizeof(uint32_t) + 1)
+        return -1
+    for k in range(m):
+        alpha[k] = 1.0
+        if cis[k] != NONE and g.ctxs[cis[k]].total:
+            x = &g.ctxs[cis[k]]
+            _params(&SMOOTH_RECALL, x.distinct, &dd, &a)
+            alpha[k] = (a + dd * x.distinct) / (<double>x.total + a)
+    after[m] = 1.0                        # after[k]: the product of the alphas from order k on
+    for k in range(m - 1, -1, -1):
+        after[k] = after[k + 1] * alpha[k]
+    for k in range(m):
+        if cis[k] == NONE:
+            continue
+        x = &g.ctxs[cis[k]]
+        _params(&SMOOTH_RECALL, x.distinct, &dd, &a)
+        scale = after[k + 1] / (<double>x.total + a) if x.total else 0.0
+        # A busy context's sorted copy is read in order instead of chasing its list (one cache
+        # miss per successor, tens of thousands after a short byte context of a big brain).
+        slot = _excl_get(g, cis[k]) if x.distinct >= EXCL_MIN else NULL
+        if slot != NULL:
+            ids = g.excl.ids + slot.off
+            pre = g.excl.pre + slot.pre_off
+            for i in range(slot.n):
+                if i + 8 < slot.n:
+                    prefetch(&g.nodes[ids[i + 8]])
+                _recall_add(g, rc, ids[i], pre[i + 1] - pre[i], port, dd, scale)
+        else:
+            e = x.head
+            while e != NONE:
+                _recall_add(g, rc, g.edges[e].dst, g.edges[e].count, port, dd, scale)
+                e = g.edges[e].next
+    base = after[0] / (<double>g.total_count + g.n_nodes)
+    for i in range(rc.n):
+        d = rc.ids[i]
+        rc.p[d] += (g.nodes[d].count + 1.0) * base
+    return <int>rc.n
+
+
+cdef uint32_t recall_best(GraphC* g, RecallC* rc, uint8_t port, double* prob) noexcept nogil:
+    """Greedy generation's choice among the gathered candidates, by bytes rather than by token:
+    the same continuation is learned under several segmentations ("s", "st", "stone ", "stone
+    tree"), so one token's probability says little about the text. The candidates' payloads are
+    walked as the port's trie from its root, each state weighing the candidates at or below it:
+    at each prefix, stop at the token spelling exactly that prefix (STOP at the root) if it is at
+    least as probable as the heaviest longer branch, else follow that branch (equal weights: the
+    smaller byte). Stopping early is safe: the next step's contexts (byte suffixes) see the same
+    bytes however they were cut. Returns the token (NONE if there is none, or, with g.pool.err set,
+    without memory) and in prob the probability that the continuation starts with its bytes
+    (STOP: its own)."""
+    cdef uint32_t i, d, s, cur, best, v
+    cdef uint32_t chosen = NONE
+    cdef double chosen_p = -1.0, cur_mass = 0.0, best_mass
+    prob[0] = 0.0
+    for i in range(rc.n_states):
+        rc.state_mark[rc.states[i]] = 0
+    rc.n_states = 0
+    if _recall_room(rc, 0, g.n_trie) < 0:
+        g.pool.err = ERR_NOMEM
+        g.pool.err_request = <size_t>g.n_trie * (sizeof(double) + sizeof(uint32_t) + 1)
+        return NONE
+    for i in range(rc.n):
+        d = rc.ids[i]
+        if d == STOP:
+            chosen, chosen_p = STOP, rc.p[d]
+            continue
+        s = g.nodes[d].state
+        while s != NONE:
+            if not rc.state_mark[s]:
+                rc.state_mark[s] = 1
+                rc.states[rc.n_states] = s
+                rc.n_states += 1
+                rc.mass[s] = 0.0
+            rc.mass[s] += rc.p[d]
+            s = g.trie[s].parent
+    cur = g.port_root[port]
+    if cur == NONE or not rc.state_mark[cur]:
+        if chosen != NONE:
+            prob[0] = chosen_p if chosen_p < 1.0 else 1.0
+        return chosen
+    cur_mass = rc.mass[cur]
+    while True:
+        best = NONE
+        best_mass = 0.0
+        s = g.trie[cur].first_child
+        while s != NONE:
+            if rc.state_mark[s] and (best == NONE or rc.mass[s] > best_mass or
+                                     (rc.mass[s] == best_mass and g.trie[s].byte < g.trie[best].byte)):
+                best, best_mass = s, rc.mass[s]
+            s = g.trie[s].next_sibling
+        if best == NONE or (chosen != NONE and chosen_p >= best_mass):
+            break
+        cur, cur_mass = best, best_mass
+        chosen, chosen_p = NONE, -1.0
+        v = g.trie[cur].node
+        if v != NONE and v < rc.cap and rc.mark[v]:
+            chosen, chosen_p = v, rc.p[v]
+    if chosen == NONE:
+        return NONE
+    prob[0] = chosen_p if chosen == STOP else cur_mass
+    if prob[0] > 1.0:
+        prob[0] = 1.0
+    return chosen
+
+
+cdef void recall_free(RecallC* rc) noexcept nogil:
+    free(rc.p)
+    free(rc.ids)
+    free(rc.mark)
+    free(rc.mass)
+    free(rc.states)
+    free(rc.state_mark)
+    memset(rc, 0, sizeof(RecallC))
 
 # --- spelled probabilities ------------------------------------------------------------------------
 # A token is predicted the way its bytes spell it: P(v) is the product, along v's trie path, of the
