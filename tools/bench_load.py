@@ -6,7 +6,8 @@
 Each load runs in a fresh subprocess (the file is read once beforehand, so it is in the page
 cache: this measures melvin, not the disk), with and without the final consistency check
 (melvin.load(path, verify=...)). Reports the file size, the graph it becomes (memory_bytes, edges),
-the median load time, the time of the first predict() after it, and the subprocess's peak RSS.
+the median load time, the time of the first predict() after it, then of a generate() of up to
+64 bytes, and the subprocess's peak RSS.
 A brain to try it on: python tools/train.py big.txt --out big.mlv --max-memory 4G
 """
 from __future__ import annotations
@@ -32,8 +33,11 @@ g = melvin.load(sys.argv[2], verify=sys.argv[3] == "1")
 loaded = time.perf_counter()
 g.predict(b"The ", k=5)
 answered = time.perf_counter()
+g.generate(b"The history of the ", max_bytes=64)
+generated = time.perf_counter()
 st = g.stats()
 print(json.dumps(dict(load_s=loaded - t, first_query_s=answered - loaded,
+                      generate_s=generated - answered,
                       memory_bytes=st["memory_bytes"], edges=st["edges"],
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
@@ -67,16 +71,17 @@ def main(argv=None) -> int:
                              graph_mb=runs[0]["memory_bytes"] / 1e6, edges=runs[0]["edges"],
                              load_s=statistics.median(r["load_s"] for r in runs),
                              first_query_s=statistics.median(r["first_query_s"] for r in runs),
+                             generate_s=statistics.median(r["generate_s"] for r in runs),
                              peak_rss_mb=max(r["peak_rss_mb"] for r in runs)))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"{'brain':30} {'file MB':>8} {'graph MB':>9} {'edges':>11} {'verify':>6} "
-          f"{'load s':>7} {'1st query s':>11} {'peak RSS MB':>11}")
+          f"{'load s':>7} {'1st query s':>11} {'generate s':>10} {'peak RSS MB':>11}")
     for r in rows:
         print(f"{os.path.basename(r['brain'])[:30]:30} {r['file_mb']:8.1f} {r['graph_mb']:9.1f} "
               f"{r['edges']:11,} {str(r['verify']):>6} {r['load_s']:7.2f} "
-              f"{r['first_query_s']:11.3f} {r['peak_rss_mb']:11.0f}")
+              f"{r['first_query_s']:11.3f} {r['generate_s']:10.3f} {r['peak_rss_mb']:11.0f}")
     return 0
 
 
