@@ -12,6 +12,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, free
+from libc.math cimport pow
 from melvin._core.defs cimport *
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
@@ -652,16 +653,72 @@ cdef class Core:
             v = self._node_of(b" " + bytes(pattern), <uint8_t>port)
             if v != NONE:
                 targets.add(v)
-        weights = {}
-        for u in range(self.g.n_nodes):
-            ci = ctx_find(&self.g, ctx_key_first(self.g.nodes[u].key))
-            if ci == NONE or u == STOP or self.g.nodes[u].payload_len == 0:
-                continue
-            for v in targets:
-                e = edge_find(&self.g, ci, v)
-                if e != NONE:
-                    weights[u] = weights.get(u, 0.0) + \
-                        self.g.edges[e].count * self._recency(self.g.edges[e].stamp)
+        cdef uint32_t tv[2]
+        cdef uint32_t nt = 0, found = 0, i
+        cdef uint32_t nn = self.g.n_nodes
+        cdef uint64_t cap = self.g.ctx_ix.capacity
+        cdef uint16_t now = <uint16_t>(self.g.tokens_fed >> 16)
+        cdef double w
+        cdef bint hit
+        for v in targets:
+            tv[nt] = v
+            nt += 1
+        cdef uint32_t* us = <uint32_t*>malloc((<size_t>nn + 1) * sizeof(uint32_t))
+        cdef double* ws = <double*>malloc((<size_t>nn + 1) * sizeof(double))
+        cdef uint32_t* own = <uint32_t*>malloc((<size_t>nn + 1) * sizeof(uint32_t))
+        if us == NULL or ws == NULL or own == NULL:
+            free(us)
+            free(ws)
+            free(own)
+            raise MemoryError("allocation failed while finding predecessors")
+        try:
+            # Every token's own context, then its edges to the targets: a pass of lookups each,
+            # with what the lookups 16 and 8 ahead will read in flight (a Python loop of probes
+            # took ~0.1 s on a brain of 238K nodes).
+            with nogil:
+                for u in range(nn):
+                    if cap and u + 16 < nn:
+                        prefetch(&self.g.ctx_ix.slots[fastrange(
+                            ctx_key_first(self.g.nodes[u + 16].key), cap)])
+                    if u + 8 < nn:
+                        ci = ix_candidate(&self.g.ctx_ix, ctx_key_first(self.g.nodes[u + 8].key))
+                        if ci != NONE:
+                            prefetch(&self.g.ctxs[ci])
+                    own[u] = NONE
+                    if u != STOP and self.g.nodes[u].payload_len:
+                        own[u] = ctx_find(&self.g, ctx_key_first(self.g.nodes[u].key))
+                for u in range(nn):
+                    if u + 16 < nn and own[u + 16] != NONE:
+                        prefetch(&self.g.ctxs[own[u + 16]])
+                    if u + 8 < nn and own[u + 8] != NONE:
+                        ci = own[u + 8]           # a sole edge is not indexed: its list has it
+                        if self.g.ctxs[ci].distinct < 2:
+                            if self.g.ctxs[ci].head != NONE:
+                                prefetch(&self.g.edges[self.g.ctxs[ci].head])
+                        elif self.g.edge_ix.capacity:
+                            prefetch(&self.g.edge_ix.slots[fastrange(edge_hash(ci, tv[0]),
+                                                                     self.g.edge_ix.capacity)])
+                    ci = own[u]
+                    if ci == NONE:
+                        continue
+                    w = 0.0
+                    hit = False
+                    for i in range(nt):
+                        e = edge_find(&self.g, ci, tv[i])
+                        if e != NONE:
+                            # _recency's weight, as there
+                            w = w + self.g.edges[e].count * \
+                                pow(2.0, -(<uint16_t>(now - self.g.edges[e].stamp)) / 64.0)
+                            hit = True
+                    if hit:
+                        us[found] = u
+                        ws[found] = w
+                        found += 1
+            weights = {us[i]: ws[i] for i in range(found)}
+        finally:
+            free(us)
+            free(ws)
+            free(own)
         if not weights:
             return []
         total = sum(weights.values())
