@@ -9,8 +9,9 @@ A target returns normally for every input the contract allows; anything else (an
 exception, a failed invariant, a sanitizer report) is a finding.
     fuzz_feed    arbitrary bytes split into episodes, check() after every feed; the same episodes
                  through training's batched path learn the same graph
-    fuzz_ops     API operation sequences: feed, generate, predict, score, prune, save/load, merge,
-                 bad arguments, injected allocation failures; check() after every step
+    fuzz_ops     API operation sequences: feed, generate, predict, score, after, before, prune,
+                 save/load, merge, bad arguments, injected allocation failures; check() after
+                 every step
     fuzz_load    melvin.persist.loads of arbitrary bytes (as given, and with the checksums repaired
                  so the structural validation is reached): only CorruptBrainError
     fuzz_inputs  the training-input readers of melvin.inputs on temporary files and stdin: only
@@ -221,6 +222,12 @@ def _query_checks(g, prompt: bytes, max_bytes: int, k: int, port: int = 0, min_c
     if prompt:
         bpb = g.score(prompt, port=port)
         assert math.isfinite(bpb) and bpb >= 0, bpb
+    for ranked in (g.after(prompt, k=k, port=port), g.before(prompt, k=k, port=port)):
+        weights = [w for _, w in ranked]
+        assert len(ranked) <= k and all(isinstance(t, bytes) for t, _ in ranked), ranked
+        assert all(math.isfinite(w) and -EPS <= w <= 1 + EPS for w in weights), ranked
+        assert weights == sorted(weights, reverse=True), ranked
+        assert sum(weights) <= 1 + 1e-6, sum(weights)
     assert core._alloc_attempts == attempts, "a query allocated"
     assert g.stats()["memory_bytes"] == mem, "a query changed memory_bytes"
 
