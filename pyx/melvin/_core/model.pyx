@@ -1054,44 +1054,36 @@ cdef ExclSlotC* _excl_get(GraphC* g, uint32_t ci) noexcept nogil:
 #     p(v) = p_0(v) * prod_k alpha_k + sum_k beta_k(v) * prod_(j>k) alpha_j,
 # and one walk of each context's successor list gives every candidate's probability.
 
-cdef int _recall_room(RecallC* rc, uint32_t nodes, uint32_t states) noexcept nogil:
-    """Scratch for node ids below nodes and trie states below states (marks zeroed); -1 without
-    memory (what was there stays valid)."""
-    cdef uint64_t cap
+cdef int _recall_grow(double** vals, uint32_t** ids, uint8_t** marks, uint32_t* cap,
+                      uint32_t need) noexcept nogil:
+    """Grow one of RecallC's triples of arrays (values, ids, marks) to cover indices below need,
+    the new marks zeroed; -1 without memory (what was there stays valid)."""
+    cdef uint64_t n = <uint64_t>need + need // 8 + 64
     cdef void* q
-    if nodes > rc.cap:
-        cap = <uint64_t>nodes + nodes // 8 + 64
-        q = realloc(rc.p, cap * sizeof(double))
-        if q == NULL:
-            return -1
-        rc.p = <double*>q
-        q = realloc(rc.ids, cap * sizeof(uint32_t))
-        if q == NULL:
-            return -1
-        rc.ids = <uint32_t*>q
-        q = realloc(rc.mark, cap)
-        if q == NULL:
-            return -1
-        rc.mark = <uint8_t*>q
-        memset(rc.mark + rc.cap, 0, cap - rc.cap)
-        rc.cap = <uint32_t>cap
-    if states > rc.cap_states:
-        cap = <uint64_t>states + states // 8 + 64
-        q = realloc(rc.mass, cap * sizeof(double))
-        if q == NULL:
-            return -1
-        rc.mass = <double*>q
-        q = realloc(rc.states, cap * sizeof(uint32_t))
-        if q == NULL:
-            return -1
-        rc.states = <uint32_t*>q
-        q = realloc(rc.state_mark, cap)
-        if q == NULL:
-            return -1
-        rc.state_mark = <uint8_t*>q
-        memset(rc.state_mark + rc.cap_states, 0, cap - rc.cap_states)
-        rc.cap_states = <uint32_t>cap
+    if need <= cap[0]:
+        return 0
+    q = realloc(vals[0], n * sizeof(double))
+    if q == NULL:
+        return -1
+    vals[0] = <double*>q
+    q = realloc(ids[0], n * sizeof(uint32_t))
+    if q == NULL:
+        return -1
+    ids[0] = <uint32_t*>q
+    q = realloc(marks[0], n)
+    if q == NULL:
+        return -1
+    marks[0] = <uint8_t*>q
+    memset(marks[0] + cap[0], 0, n - cap[0])
+    cap[0] = <uint32_t>n
     return 0
+
+
+cdef int _recall_room(RecallC* rc, uint32_t nodes, uint32_t states) noexcept nogil:
+    """Scratch for node ids below nodes and trie states below states; -1 without memory."""
+    if _recall_grow(&rc.p, &rc.ids, &rc.mark, &rc.cap, nodes) < 0:
+        return -1
+    return _recall_grow(&rc.mass, &rc.states, &rc.state_mark, &rc.cap_states, states)
 
 
 cdef inline void _recall_add(GraphC* g, RecallC* rc, uint32_t d, uint32_t c, uint8_t port,
