@@ -616,6 +616,9 @@ class Trainer:
                 stopped = "signal"
             train_seconds = time.perf_counter() - t_start
             final_pos = position_now()
+            if self.bar is not None:      # end on the final figures, not the last sampled ones
+                self._next_postfix = 0.0
+                self._update_bar(self.bar.n)
             self.checkpoint(final_pos, complete=(stopped == "complete"))
         finally:
             self._close_bar()

@@ -117,6 +117,17 @@ def test_human_summary_and_progress(corpus, tmp_path):
     assert "INFO" not in err and "WARNING" not in err  # nothing else unless --log-level asks
 
 
+
+def test_progress_bar_ends_on_the_final_figures(tmp_path):
+    """The bar samples the graph at most once a second; it still ends on what the summary says
+    (a run under a small budget prunes after the last sample)."""
+    (tmp_path / "a.txt").write_bytes(make_text(400_000, seed=3))
+    p = train(tmp_path / "a.txt", "--out", tmp_path / "b.mlv", "--graph-memory", "2M", "--json")
+    s = json.loads(p.stdout)
+    assert s["prunes"] > 0
+    last = [part for part in p.stderr.decode().replace("\r", "\n").split("\n") if "nodes=" in part][-1]
+    assert f"nodes={s['nodes']:,} edges={s['edges']:,}" in last and f"pruned={s['prunes']}]" in last
+
 def test_split_modes(tmp_path):
     text = b"one two\nthree\n\n\nfour five\n  \nsix\n"
     (tmp_path / "a.txt").write_bytes(text)
