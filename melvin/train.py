@@ -12,12 +12,15 @@ physical RAM (the default), "2G", "512M" or bytes. The graph gets
     graph budget = (max_memory - min(FIXED_OVERHEAD, max_memory / 2)) / (1 + RESUME_FACTOR)
 
 where FIXED_OVERHEAD (64 MiB) is the interpreter, numpy, read buffers and the streaming save's
-chunks, and RESUME_FACTOR (0.4) is the transient of loading a checkpoint on --resume: melvin.load
-maps the file and decodes its records into the graph's tables, peaking near 1.3 x memory_bytes
-(tools/bench_load.py: a 553 MB graph loads at 700 MB peak RSS, a 1.3 GB one at 1706 MB, the
-interpreter included; 0.65 was needed while loading copied every record field first). The
-budget is fixed when training starts and saved in the brain, so it must leave room for a later
-resume. The graph prunes itself whenever it reaches its budget, so training never stops for
+chunks, and RESUME_FACTOR (0.4) covers the transients above the graph's own tables: growing an
+index refills it through 8 bytes of scratch per item (up to ~20% of the graph), and loading a
+checkpoint on --resume maps the file while decoding it into the tables (tools/bench_load.py: a
+607 MB graph loads at 626 MB peak RSS, a 1.18 GB one at 1153 MB, the interpreter included; it
+was 1.3 x memory_bytes while loading copied every record field first). 88 MB of big.txt under
+--max-memory 1G peaks at ~700 MB RSS; a factor of 0.2 (an 800 MB graph) peaked at 864 MB and
+scored worse on held-out text (1.761 against 1.755 bits/byte: its one prune came later and cut
+deeper), so the margin stays. The budget is fixed when training starts and saved in the brain,
+so it must leave room for a later resume. The graph prunes itself whenever it reaches its budget, so training never stops for
 memory. --graph-memory sets the graph budget directly instead. Episodes longer than
 --max-episode (128M) are cut into pieces; one episode buffer of up to that size comes on top of
 the budget.
