@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
-    ap.add_argument("--log-level", default="WARNING",
-                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
-                             "debug", "info", "warning", "error", "critical"])
+    ap.add_argument("--log-level", default="WARNING", type=str.upper,
+                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                    help="logging threshold, any case (default WARNING)")
     from melvin.distributed import add_arguments as _add_distributed
 
     _add_distributed(ap)  # --workers N / --scheduler ADDR (dask is imported only when used)
