@@ -585,11 +585,11 @@ cdef class Core:
             out[d] = self._recall.p[d]
         return out
 
-    cdef double _recency(self, uint16_t stamp):
+    cdef double _recency(self, uint16_t stamp) noexcept nogil:
         """Edges remember their last use (in units of 65,536 learned tokens); older evidence
         counts half as much every 64 units."""
         cdef uint16_t now = <uint16_t>(self.g.tokens_fed >> 16)
-        return 2.0 ** (-(<uint16_t>(now - stamp)) / 64.0)
+        return pow(2.0, -(<uint16_t>(now - stamp)) / 64.0)
 
     def after(self, const uint8_t[::1] pattern, int k=5, int port=0):
         """What usually follows the pattern: the continuations learned patterns give its tail (as
@@ -657,7 +657,6 @@ cdef class Core:
         cdef uint32_t nt = 0, found = 0, i
         cdef uint32_t nn = self.g.n_nodes
         cdef uint64_t cap = self.g.ctx_ix.capacity
-        cdef uint16_t now = <uint16_t>(self.g.tokens_fed >> 16)
         cdef double w
         cdef bint hit
         for v in targets:
@@ -706,9 +705,7 @@ cdef class Core:
                     for i in range(nt):
                         e = edge_find(&self.g, ci, tv[i])
                         if e != NONE:
-                            # _recency's weight, as there
-                            w = w + self.g.edges[e].count * \
-                                pow(2.0, -(<uint16_t>(now - self.g.edges[e].stamp)) / 64.0)
+                            w = w + self.g.edges[e].count * self._recency(self.g.edges[e].stamp)
                             hit = True
                     if hit:
                         us[found] = u
