@@ -998,6 +998,10 @@ cdef class Core:
         """Busy contexts whose sorted successors the scoring scratch holds (tests)."""
         return self.g.excl.n_ctx
 
+    def _excl_ids(self):
+        """Successor ids the scoring scratch holds, of at most EXCL_MAX_IDS (tests, benchmarks)."""
+        return self.g.excl.used_ids
+
     # --- invariants --------------------------------------------------------------------------
     def check(self, bint full=True):
         """Raise InvariantError unless every structure is consistent. full=False checks what a

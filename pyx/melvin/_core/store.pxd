@@ -26,6 +26,7 @@ cdef struct ExclC:
     uint32_t n_ctx                 # contexts held
     uint32_t walks                 # busy-context walks since the graph last changed
     uint32_t* ids
+    uint32_t* keys                 # per id: its payload's bytes 1..4, zero-padded, big-endian
     uint32_t* pre
     uint32_t* first                # 256 per held context, in the order they were built
     uint64_t used_ids, used_pre, cap_ids, cap_pre, cap_first

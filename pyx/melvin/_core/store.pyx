@@ -18,6 +18,7 @@ cdef void store_free(GraphC* g) noexcept nogil:
     g.n_cats = 0
     free(g.excl.slots)                   # query scratch (libc, not the pool): see ExclC
     free(g.excl.ids)
+    free(g.excl.keys)
     free(g.excl.pre)
     free(g.excl.first)
     memset(&g.excl, 0, sizeof(ExclC))
