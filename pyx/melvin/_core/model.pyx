@@ -1450,7 +1450,7 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
     cdef uint32_t* pre = g.excl.pre + slot.pre_off
     cdef NodeC* nv = &g.nodes[v]
     cdef NodeC* nu
-    cdef uint32_t lo = lo_io[0], hi = hi_io[0], pos, end, x, tx
+    cdef uint32_t lo = lo_io[0], hi = hi_io[0], pos, end, x, tx, shift
     cdef const uint8_t* t = g.arena + nv.payload_off
     cdef uint8_t port = nv.port
     cdef uint32_t* first
@@ -1478,7 +1478,23 @@ cdef void _spell_sorted(GraphC* g, ExclSlotC* slot, uint32_t v, uint32_t i, uint
     st.n = pre[hi] - pre[lo]
     tx = 256 if nv.payload_len == i else t[i]
     pos = lo
+    shift = 32 - 8 * i if 1 <= i <= 4 else 0
     while pos < hi:
+        # Past the first byte the block is on v's port, so a non-zero key byte is all a unit
+        # needs; a zero one is a payload that ends here or a 0 byte: the node says which.
+        x = (keys[pos] >> shift) & 0xFF if shift else 0
+        if x:
+            end = _unit_end(g, ids, keys, pos + 1, hi, i, x)
+            if x == tx:
+                st.hit += pre[end] - pre[pos]
+                lo_io[0] = pos
+                hi_io[0] = end
+            elif (ex[x >> 6] >> (x & 63)) & 1:
+                st.ex_cnt += pre[end] - pre[pos]
+                st.ex_items += 1
+            st.d += 1
+            pos = end
+            continue
         nu = &g.nodes[ids[pos]]
         if i == 0 and nu.payload_len == 0:
             end = pos + 1                 # an empty-payload token is a unit of its own
