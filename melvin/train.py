@@ -20,10 +20,10 @@ was 1.3 x memory_bytes while loading copied every record field first). 88 MB of 
 --max-memory 1G peaks at ~700 MB RSS; a factor of 0.2 (an 800 MB graph) peaked at 864 MB and
 scored worse on held-out text (1.761 against 1.755 bits/byte: its one prune came later and cut
 deeper), so the margin stays. The budget is fixed when training starts and saved in the brain,
-so it must leave room for a later resume. The graph prunes itself whenever it reaches its budget, so training never stops for
-memory. --graph-memory sets the graph budget directly instead. Episodes longer than
---max-episode (128M) are cut into pieces; one episode buffer of up to that size comes on top of
-the budget.
+so it must leave room for a later resume. The graph prunes itself whenever it reaches its
+budget, so training never stops for memory. --graph-memory sets the graph budget directly
+instead. Episodes longer than --max-episode (128M) are cut into pieces; one episode buffer of
+up to that size comes on top of the budget.
 
 Checkpoints. Every --checkpoint-every bytes of input (default 64M; 0 = only at the end), at the first
 episode boundary at or past each multiple, the brain is saved atomically to --out and the position

@@ -125,7 +125,8 @@ def test_progress_bar_ends_on_the_final_figures(tmp_path):
     p = train(tmp_path / "a.txt", "--out", tmp_path / "b.mlv", "--graph-memory", "2M", "--json")
     s = json.loads(p.stdout)
     assert s["prunes"] > 0
-    last = [part for part in p.stderr.decode().replace("\r", "\n").split("\n") if "nodes=" in part][-1]
+    parts = p.stderr.decode().replace("\r", "\n").split("\n")
+    last = [part for part in parts if "nodes=" in part][-1]
     assert f"nodes={s['nodes']:,} edges={s['edges']:,}" in last and f"pruned={s['prunes']}]" in last
 
 def test_split_modes(tmp_path):

@@ -515,7 +515,8 @@ cdef class Core:
         for i in range(first, j):
             trace_push(tr, <uint32_t>ids[i], MAX_CONTEXT)
 
-    cdef uint32_t _gather(self, TraceC* tr, uint32_t* cis, uint32_t m, uint8_t port) except? 0xFFFFFFFF:
+    cdef uint32_t _gather(self, TraceC* tr, uint32_t* cis, uint32_t m,
+                          uint8_t port) except? 0xFFFFFFFF:
         """Generation's candidates into self._recall (recall_gather): every token observed after
         any order of the current context, with its probability under the plain token mixture
         (prob_of with SMOOTH_RECALL), not the spelled, exclusion-renormalised distribution
@@ -535,7 +536,8 @@ cdef class Core:
         return <uint32_t>n
 
     cdef void _recall_contexts(self, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t* own):
-        """The contexts generation weighs (see _gather): cis without the 1-byte and category ones."""
+        """The contexts generation weighs (see _gather): cis without the 1-byte and category
+        ones."""
         cdef uint32_t k
         memcpy(own, cis, m * sizeof(uint32_t))
         if m and self.g.n_byte_orders and self.g.byte_orders[0] == 1:

@@ -83,7 +83,8 @@ cdef struct RecallC:
     uint8_t* state_mark
     uint32_t n_states
     uint32_t cap_states
-cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m, uint8_t port) noexcept nogil
+cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m,
+                       uint8_t port) noexcept nogil
 cdef uint32_t recall_best(GraphC* g, RecallC* rc, uint8_t port, double* prob) noexcept nogil
 cdef void recall_free(RecallC* rc) noexcept nogil
 cdef double prob_next(GraphC* g, TraceC* tr, uint32_t* cis, uint32_t m, uint32_t v) noexcept nogil

@@ -1120,7 +1120,8 @@ cdef inline void _recall_add(GraphC* g, RecallC* rc, uint32_t d, uint32_t c, uin
             rc.p[d] += (c - dd) * scale
 
 
-cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m, uint8_t port) noexcept nogil:
+cdef int recall_gather(GraphC* g, RecallC* rc, uint32_t* cis, uint32_t m,
+                       uint8_t port) noexcept nogil:
     """The candidates after contexts cis[0..m) (NONE: left out): STOP and the tokens of `port`
     with a payload observed after any of them, into rc.ids[0..rc.n), each with
     prob_of(g, cis, m, v, &SMOOTH_RECALL) in rc.p[v] (the same sum, in another order). Returns
@@ -1224,8 +1225,9 @@ cdef uint32_t recall_best(GraphC* g, RecallC* rc, uint8_t port, double* prob) no
         best_mass = 0.0
         s = g.trie[cur].first_child
         while s != NONE:
-            if rc.state_mark[s] and (best == NONE or rc.mass[s] > best_mass or
-                                     (rc.mass[s] == best_mass and g.trie[s].byte < g.trie[best].byte)):
+            # the heaviest branch; equal weights go to the smaller byte (never to ids)
+            if rc.state_mark[s] and (best == NONE or rc.mass[s] > best_mass or (
+                    rc.mass[s] == best_mass and g.trie[s].byte < g.trie[best].byte)):
                 best, best_mass = s, rc.mass[s]
             s = g.trie[s].next_sibling
         if best == NONE or (chosen != NONE and chosen_p >= best_mass):
