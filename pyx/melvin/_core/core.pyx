@@ -560,10 +560,9 @@ cdef class Core:
         ids = self._parse(&prompt[0] if n else NULL, n, <uint8_t>port, starts)
         self._trace_at(&tr, ids, len(ids))
         m = trace_contexts(&self.g, &tr, cis)
-        cand = self._candidates(&tr, cis, m, <uint8_t>port)
+        cand = self._candidates(&tr, cis, m, <uint8_t>port)     # (gathered into self._recall)
         self._recall_contexts(&tr, cis, m, own)
         reference = {d: prob_of(&self.g, own, m, d, &SMOOTH_RECALL) for d in cand}
-        self._gather(&tr, cis, m, <uint8_t>port)
         best = recall_best(&self.g, &self._recall, <uint8_t>port, &bp)
         if self.g.pool.err:
             self._raise("generating")
