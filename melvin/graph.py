@@ -217,10 +217,11 @@ class Graph:
         log.info("pruned %d -> %d bytes", before["memory_bytes"], after["memory_bytes"])
         return {k: before[k] - after[k] for k in ("nodes", "contexts", "edges", "memory_bytes")}
 
-    def save(self, path) -> None:
-        """Write the brain atomically (temp file, fsync, rename)."""
+    def save(self, path, *, mapped: bool = False) -> None:
+        """Write the brain atomically (temp file, fsync, rename). mapped: format 4, which
+        melvin.load maps and uses in place (faster to load, ~2.5x larger; see melvin.persist)."""
         from melvin.persist import save
-        save(self, os.fspath(path))        # persist.write holds the lock while it reads
+        save(self, os.fspath(path), mapped=mapped)   # persist.write holds the lock while it reads
 
     def __reduce__(self):
         """Pickling (multiprocessing, copy.deepcopy) goes through the brain format: the bytes

@@ -296,8 +296,8 @@ def test_bad_magic_and_version(small_brain):
         loads(b"NOTABRN\n" + buf[8:])
     with pytest.raises(melvin.CorruptBrainError, match="magic"):
         loads(b"PK\x03\x04" + b"\x00" * 100)
-    future = buf[:8] + struct.pack("<I", persist.VERSION + 1) + buf[12:]
-    with pytest.raises(melvin.CorruptBrainError, match=f"version {persist.VERSION + 1}"):
+    future = buf[:8] + struct.pack("<I", persist.MAPPED_VERSION + 1) + buf[12:]
+    with pytest.raises(melvin.CorruptBrainError, match=f"version {persist.MAPPED_VERSION + 1}"):
         loads(future)
     with pytest.raises(melvin.CorruptBrainError, match="version"):
         loads(buf[:8] + struct.pack("<I", 0xFFFFFFFF) + buf[12:])

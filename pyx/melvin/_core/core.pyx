@@ -13,6 +13,10 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport malloc, free
 from libc.math cimport pow
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_FAILED
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+from melvin._core.mem cimport pool_alloc
 from melvin._core.defs cimport *
 from melvin._core.mem cimport ERR_NONE, ERR_CAP, ERR_NOMEM, ERR_OVERFLOW, ERR_LIMIT, pool_free
 from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, store_accounted, node_find, ctx_find,
@@ -21,7 +25,9 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  link_edge_lists, rebuild_edge_index,
                                  trie_insert_node, store_alloc_exact,
                                  trie_build, shrink_to_fit, ctx_find_many,
-                                 caps_snapshot, caps_restore)
+                                 caps_snapshot, caps_restore, verify_lists,
+                                 verify_context_index, verify_edge_index, index_filled,
+                                 grouped_edge_order, ix_mask, ix_value)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
@@ -53,6 +59,8 @@ def _join_all_the_way(thread):
 # Once a brain has this many edges: below it a thread costs more than it saves.
 # A module global so tests can lower it.
 PARALLEL_LOAD_EDGES = 1 << 20
+# Format 4: edges per share of the edge index check, which both loading threads take in turn.
+SHARE_CHUNK = 1 << 20
 
 
 def _aligned(a):
@@ -105,6 +113,14 @@ def node_records(nodes):
 
 CTX_DTYPE = np.dtype([("key", "<u8")])
 EDGE_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("count", "<u2"), ("stamp", "<u2")])
+# Format 4 holds contexts and edges as the core does (CtxC, EdgeC), and their index slots, so a
+# mapped file is used in place.
+CTX_RAW_DTYPE = np.dtype([("key_lo", "<u4"), ("key_hi", "<u4"), ("head", "<u4"), ("total", "<u4"),
+                          ("distinct", "<u4")])
+EDGE_RAW_DTYPE = np.dtype([("ctx", "<u4"), ("dst", "<u4"), ("next", "<u4"), ("count", "<u2"),
+                           ("stamp", "<u2")])
+assert CTX_RAW_DTYPE.itemsize == sizeof(CtxC) and EDGE_RAW_DTYPE.itemsize == sizeof(EdgeC)
+RAW_IN_PLACE = sys.byteorder == "little"   # else format 4's records are byte-swapped copies
 COUNTER_NAMES = ("bytes_fed", "tokens_fed", "episodes", "formed", "pruned_nodes", "pruned_edges",
                  "pruned_contexts", "prunes", "peak_memory_bytes")
 CAPACITY_NAMES = ("nodes", "contexts", "edges", "trie", "arena", "node_index", "context_index",
@@ -151,6 +167,33 @@ cdef uint32_t _first_node_not_found(GraphC* g) noexcept nogil:
         if node_find(g, nd.key, g.arena + nd.payload_off, nd.payload_len, nd.port) != v:
             return v
     return NONE
+
+
+cdef extern from *:
+    """
+    static inline uint64_t melvin_take(uint64_t* p) {
+        return __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
+    }
+    """
+    uint64_t atomic_take "melvin_take"(uint64_t* p) noexcept nogil
+
+
+cdef uint32_t _share_edge_index(GraphC* g, uint64_t* next_chunk, uint64_t* found,
+                                uint64_t chunk) noexcept nogil:
+    """Loading format 4: check chunks of the edge index (store.verify_edge_index), taken from a
+    counter both loading threads share, until none is left or one fails. Returns the first
+    invalid edge met, or NONE. A thread takes chunks in increasing order and stops only at a
+    failure, so the smaller of the two threads' answers is the first invalid edge of all."""
+    cdef uint64_t start
+    cdef uint32_t bad
+    while True:
+        start = atomic_take(next_chunk) * chunk
+        if start >= g.n_edges:
+            return NONE
+        bad = verify_edge_index(g, <uint32_t>start,
+                                <uint32_t>min(start + chunk, <uint64_t>g.n_edges), found)
+        if bad != NONE:
+            return bad
 
 
 cdef uint32_t _decode_edges(GraphC* g, const uint8_t* raw, uint32_t start, uint32_t stop,
@@ -245,6 +288,8 @@ cdef class Core:
     cdef readonly dict limits
     cdef uint32_t _n_categories        # loading: categories the node records may name
     cdef RecallC _recall               # generation's candidates (scratch)
+    cdef void* _map                    # a brain file mapped privately (map_private), or NULL
+    cdef size_t _map_len
 
     def __cinit__(self, *, size_t max_memory, uint32_t max_nodes, uint32_t max_edges,
                   uint32_t max_payload, uint32_t max_levels, uint32_t context_len,
@@ -287,6 +332,40 @@ cdef class Core:
     def __dealloc__(self):
         store_free(&self.g)
         recall_free(&self._recall)
+        self._unmap()
+
+    def map_private(self, int fd, size_t size):
+        """Map a brain file copy-on-write for import_state, which then uses the records it finds
+        inside the mapping in place (written pages become private copies; the file never changes).
+        Returns a read-only memoryview of the mapping: valid while this Core lives."""
+        cdef void* p
+        if self._map != NULL or self.g.n_nodes != 0:
+            raise ValueError("map_private needs an empty Core")
+        if size == 0:
+            raise ValueError("empty file")
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError("mmap of the brain file failed")
+        self._map = p
+        self._map_len = size
+        self.g.pool.map_lo = <size_t>p
+        self.g.pool.map_hi = <size_t>p + size
+        return PyMemoryView_FromMemory(<char*>p, size, PyBUF_READ)
+
+    def _mapped_tables(self):
+        """Names of the tables that lie in this Core's file mapping (test hook)."""
+        cdef GraphC* g = &self.g
+        inside = lambda size_t p: g.pool.map_lo <= p < g.pool.map_hi
+        return sorted(name for name, p in (("contexts", <size_t>g.ctxs), ("edges", <size_t>g.edges),
+                                           ("context_index", <size_t>g.ctx_ix.slots),
+                                           ("edge_index", <size_t>g.edge_ix.slots)) if inside(p))
+
+    cdef _unmap(self):
+        """Drop the mapping; only once no table lies in it (after store_free)."""
+        if self._map != NULL:
+            munmap(self._map, self._map_len)
+            self._map = NULL
+            self.g.pool.map_lo = self.g.pool.map_hi = 0
 
     cdef _raise(self, str what):
         cdef int err = self.g.pool.err
@@ -1213,6 +1292,65 @@ cdef class Core:
         return dict(nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
                     arena=self.g.n_arena, categories=self.g.n_cats)
 
+    def grouped_order(self):
+        """Format 4's edge order (store.grouped_edge_order): (order, rank) uint32 arrays, 8 bytes
+        per edge of transient memory while a format 4 save streams."""
+        cdef GraphC* g = &self.g
+        cdef cnp.uint32_t[::1] o, r
+        order = np.empty(g.n_edges + 1, dtype=np.uint32)
+        rank = np.empty(g.n_edges + 1, dtype=np.uint32)
+        o = order
+        r = rank
+        with nogil:
+            grouped_edge_order(g, &o[0], &r[0])
+        return order[:g.n_edges], rank[:g.n_edges]
+
+    def export_raw(self, str kind, uint64_t start, uint64_t stop, order, rank):
+        """Records [start, stop) of "contexts", "edges", "context_index" or "edge_index" as the
+        core holds them, with the edges in grouped_order (order, rank): format 4, which a save
+        streams in chunks. Little-endian hosts only."""
+        cdef GraphC* g = &self.g
+        cdef const cnp.uint32_t[::1] o = order
+        cdef const cnp.uint32_t[::1] r = rank
+        cdef uint64_t n, i
+        cdef uint32_t s, mask
+        cdef CtxC* xs
+        cdef EdgeC* es
+        cdef uint32_t* slots
+        if not RAW_IN_PLACE:               # pragma: no cover - big-endian hosts
+            raise NotImplementedError("format 4 is written on little-endian hosts only")
+        if len(order) != g.n_edges or len(rank) != g.n_edges:
+            raise ValueError("order and rank must come from grouped_order()")
+        n = {"contexts": g.n_ctxs, "edges": g.n_edges, "context_index": g.ctx_ix.capacity,
+             "edge_index": g.edge_ix.capacity}[kind]
+        stop = min(stop, n)
+        if stop <= start:
+            return b""
+        if kind == "contexts":
+            out = np.empty(stop - start, CTX_RAW_DTYPE)
+            xs = <CtxC*>cnp.PyArray_DATA(out)
+            memcpy(xs, &g.ctxs[start], (stop - start) * sizeof(CtxC))
+            for i in range(stop - start):
+                if xs[i].head != NONE:
+                    xs[i].head = r[xs[i].head]
+        elif kind == "edges":
+            out = np.empty(stop - start, EDGE_RAW_DTYPE)
+            es = <EdgeC*>cnp.PyArray_DATA(out)
+            for i in range(stop - start):
+                es[i] = g.edges[o[start + i]]
+                es[i].next = NONE if es[i].next == NONE else <uint32_t>(start + i - 1)
+        else:
+            out = np.empty(stop - start, np.uint32)
+            slots = <uint32_t*>cnp.PyArray_DATA(out)
+            if kind == "context_index":
+                memcpy(slots, &g.ctx_ix.slots[start], (stop - start) * sizeof(uint32_t))
+            else:
+                mask = ix_mask(g.edge_ix.capacity)
+                for i in range(stop - start):
+                    s = g.edge_ix.slots[start + i]
+                    slots[i] = (s & ~mask) | (r[ix_value(s, mask)] + 1) if s else 0
+        return out.tobytes()
+
     def export_range(self, str kind, uint32_t start, uint32_t stop):
         """Records [start, stop) of "nodes", "contexts" or "edges" in their file layout, or the
         payload bytes of "arena": lets a save stream a brain in bounded chunks."""
@@ -1363,7 +1501,7 @@ cdef class Core:
 
     def import_state(self, nodes, bytes arena, ctxs, edges, dict counters, capacities=None,
                      bint verify=True, uint32_t categories=0, profiles=None, crcs=None,
-                     release=None):
+                     release=None, indexes=None):
         """Fill an empty Core from export_state() arrays, validating every id, offset and count
         (nodes: NODE_DTYPE records, or NODE_RECORD_DTYPE ones, whose right components are found).
         capacities=None sizes the tables to fit (merge); saved capacities are checked for
@@ -1375,7 +1513,10 @@ cdef class Core:
         to checksum the contexts' and edges' records while they are decoded, f(buffer, running)
         as zlib.crc32, expected a dict of the two sections' checksums. release(name, nbytes):
         called as each of those sections is read, with how much of it has been (from whichever
-        thread read it; loading frees the file pages holding them)."""
+        thread read it; loading frees the file pages holding them). indexes: format 4, whose
+        ctxs and edges are CTX_RAW_DTYPE and EDGE_RAW_DTYPE records, lists linked, and indexes
+        the (context, edge) index slots; records inside this Core's map_private mapping are used
+        in place, and every list and index is verified instead of built."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         if g.n_nodes != 0:
@@ -1408,7 +1549,10 @@ cdef class Core:
                 if (cap < 64 and cap != 0) or cap > 16 * (nn + nc + ne + len(arena)) + 4096:
                     raise CorruptBrainError(f"{name} capacity {cap} implausible")
         try:
-            self._load_arrays(nodes, arena, ctxs, edges, capacities, crcs, release)
+            if indexes is None:
+                self._load_arrays(nodes, arena, ctxs, edges, capacities, crcs, release)
+            else:
+                self._load_arrays_raw(nodes, arena, ctxs, edges, indexes, capacities, crcs)
         except CapExceeded as exc:
             self._unload()
             raise CorruptBrainError(f"brain does not fit its own limits: {exc}") from None
@@ -1460,6 +1604,7 @@ cdef class Core:
         cdef GraphC* g = &self.g
         store_free(g)
         store_init(g)
+        self._unmap()
         g.total_count = g.bytes_fed = g.tokens_fed = g.episodes = g.formed = 0
         g.pruned_nodes = g.pruned_edges = g.pruned_ctxs = g.prunes = 0
 
@@ -1573,6 +1718,148 @@ cdef class Core:
             g.total_count += nd.count
             off += length
             g.n_nodes = v + 1
+
+    cdef _adopt(self, void** table, records, size_t itemsize, str what):
+        """Format 4: a table of the loaded records, in place if they lie in this Core's mapping
+        (and are aligned), else copied into the pool."""
+        cdef const uint8_t[::1] raw = np.frombuffer(records, np.uint8) if len(records) else None
+        cdef size_t n = len(records), nbytes = n * itemsize
+        cdef const uint8_t* p = &raw[0] if n else NULL
+        cdef void* block
+        pool_free(&self.g.pool, table[0], 0, itemsize)   # store_alloc_exact's empty block
+        table[0] = NULL
+        if self.g.pool.used > self.g.pool.cap or nbytes > self.g.pool.cap - self.g.pool.used:
+            raise CorruptBrainError(f"brain does not fit its own limits: its {what}")
+        if RAW_IN_PLACE and n and self.g.pool.map_lo <= <size_t>p and \
+                <size_t>p + nbytes <= self.g.pool.map_hi and <size_t>p % 8 == 0:
+            table[0] = <void*>p
+            self.g.pool.used += nbytes
+        else:
+            block = pool_alloc(&self.g.pool, n, itemsize)
+            if block == NULL:
+                self._raise(f"loading the {what}")
+            if n:
+                if RAW_IN_PLACE:
+                    memcpy(block, p, nbytes)
+                else:                     # pragma: no cover - big-endian hosts
+                    memcpy(block, PyBytes_AS_STRING(np.ascontiguousarray(
+                        records.astype(records.dtype.newbyteorder("="))).tobytes()), nbytes)
+            table[0] = block
+        if self.g.pool.used > self.g.pool.peak:
+            self.g.pool.peak = self.g.pool.used
+
+    def _verify_raw(self, list out, uint32_t nn, crc_edges, uint64_t[::1] shared, scanned):
+        """Format 4, the edge side (a second thread for big brains): checksum the edge records,
+        validate the edge index's slots (shared[1]: how many are occupied, 2**64-1 if invalid;
+        then `scanned` is set), verify the successor lists, then take a share of the edge index
+        check (_share_edge_index). Appends the first invalid context, then the first invalid
+        edge index entry and how many indexed edges were met, or the exception raised."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t bad_ctx = NONE, bad_ix = NONE
+        cdef uint64_t found = 0, chunk = SHARE_CHUNK
+        try:
+            try:
+                if crc_edges is not None:
+                    self._checksum(crc_edges)
+                with nogil:
+                    shared[1] = index_filled(&g.edge_ix, g.n_edges)
+            finally:
+                scanned.set()
+            with nogil:
+                bad_ctx = verify_lists(g, nn)
+                if shared[1] != <uint64_t>-1:
+                    bad_ix = _share_edge_index(g, &shared[0], &found, chunk)
+            out.extend((bad_ctx, bad_ix, found))
+        except BaseException as exc:      # (on the second thread nothing else would see it)
+            out.append(exc)
+
+    def _checksum(self, pairs):
+        """Format 4: pairs of (records, (crc function, expected)); raises CorruptBrainError on
+        the first mismatch."""
+        for records, (fn, expected) in pairs:
+            if fn(records.view(np.uint8), 0) != expected:
+                raise CorruptBrainError("a section's checksum mismatch (contexts, edges or "
+                                        "their indexes)")
+
+    cdef _load_arrays_raw(self, nodes, bytes arena, ctxs, edges, indexes, dict capacities, crcs):
+        """import_state for format 4: nodes, trie and node index as _load_arrays builds them;
+        the contexts, edges and their indexes adopted (_adopt) and verified, the edge side on a
+        second thread for big brains while the nodes load; both threads then share the edge
+        index check. The index sections are not checksummed: they are verified whole (each slot
+        empty, or naming the one item a probe for it finds), so any changed bit is refused."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
+        cdef uint32_t dup_node, bad_ctx_ix = NONE, bad_right = NONE, bad_ix = NONE
+        cdef uint64_t found = 0, chunk = SHARE_CHUNK
+        cdef uint64_t[::1] shared
+        cdef int trie_ok
+        cdef uint64_t caps[9]
+        ctx_ix, edge_ix = indexes
+        for i, name in enumerate(CAPACITY_NAMES):
+            caps[i] = int(capacities[name])
+        if caps[5] * 3 < <uint64_t>nn * 4 or (caps[5] == 0 and nn):
+            raise CorruptBrainError(f"node_index too small for {nn} items")
+        caps[1] = caps[2] = caps[6] = caps[7] = 0
+        if store_alloc_exact(g, caps) < 0:
+            self._raise("loading")
+        self._adopt(<void**>&g.ctxs, ctxs, sizeof(CtxC), "contexts")
+        g.n_ctxs = g.cap_ctxs = nc
+        self._adopt(<void**>&g.edges, edges, sizeof(EdgeC), "edges")
+        g.n_edges = g.cap_edges = ne
+        self._adopt(<void**>&g.ctx_ix.slots, ctx_ix, sizeof(uint32_t), "context index")
+        g.ctx_ix.capacity = len(ctx_ix)
+        self._adopt(<void**>&g.edge_ix.slots, edge_ix, sizeof(uint32_t), "edge index")
+        g.edge_ix.capacity = len(edge_ix)
+        crc_ctx = crc_edge = None
+        if crcs is not None:
+            crc_ctx = ((ctxs, (crcs[0], crcs[1]["contexts"])),)
+            crc_edge = ((edges, (crcs[0], crcs[1]["edges"])),)
+        shared_arr = np.array([0, <uint64_t>-1], dtype=np.uint64)   # next chunk; edge slots used
+        shared = shared_arr
+        scanned = threading.Event()
+        edges_done = []
+        worker = None
+        if ne >= PARALLEL_LOAD_EDGES:
+            worker = threading.Thread(target=self._verify_raw,
+                                      args=(edges_done, nn, crc_edge, shared, scanned))
+            worker.start()
+        else:
+            self._verify_raw(edges_done, nn, crc_edge, shared, scanned)
+        try:
+            if crc_ctx is not None:
+                self._checksum(crc_ctx)
+            with nogil:
+                bad_ctx_ix = verify_context_index(g)
+            self._load_nodes(nodes, arena)
+            with nogil:
+                dup_node = rebuild_index(g, 0)
+                if dup_node == NONE:
+                    bad_right = _find_right_components(g)
+                trie_ok = trie_build(g) if dup_node == NONE else 0
+            scanned.wait()
+            if shared[1] != <uint64_t>-1:
+                with nogil:
+                    bad_ix = _share_edge_index(g, &shared[0], &found, chunk)
+        finally:
+            if worker is not None:
+                _join_all_the_way(worker)
+        if isinstance(edges_done[0], BaseException):
+            raise edges_done[0]
+        bad_ix = min(bad_ix, edges_done[1])      # the first: see _share_edge_index
+        for what, bad in (("successor list of context", edges_done[0]),
+                          ("edge index entry of edge", bad_ix),
+                          ("context index entry of context", bad_ctx_ix)):
+            if bad != NONE:
+                raise CorruptBrainError(f"{what} {bad} is invalid")
+        if shared[1] == <uint64_t>-1 or shared[1] != found + edges_done[2]:
+            raise CorruptBrainError("edge index is invalid")
+        g.edge_ix.filled = shared[1]
+        if dup_node != NONE:
+            raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
+        if bad_right != NONE:
+            raise CorruptBrainError(f"node {bad_right} has invalid components")
+        if trie_ok < 0:
+            raise CorruptBrainError("trie capacity too small for the payloads")
 
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities, crcs, release):
         cdef GraphC* g = &self.g

@@ -2,6 +2,7 @@
 from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport SIZE_MAX, int64_t
 from libc.string cimport memcmp, memcpy, memset
+from posix.mman cimport madvise, MADV_DONTNEED
 
 cdef extern from "execinfo.h" nogil:
     int backtrace(void** buffer, int size)
@@ -155,7 +156,10 @@ cdef int pool_resize(PoolC* p, void** ptr, size_t old_n, size_t new_n, size_t si
     if new_bytes > old_bytes and not _attempt(p):
         p.err_request = new_bytes
         return -1
-    fresh = realloc(ptr[0], new_bytes if new_bytes else 1)
+    if _mapped(p, ptr[0]):
+        fresh = ptr[0] if new_bytes <= old_bytes else _unmap_grow(ptr[0], old_bytes, new_bytes)
+    else:
+        fresh = realloc(ptr[0], new_bytes if new_bytes else 1)
     if fresh == NULL:
         p.err = ERR_NOMEM
         p.err_request = new_bytes
@@ -167,7 +171,27 @@ cdef int pool_resize(PoolC* p, void** ptr, size_t old_n, size_t new_n, size_t si
     return 0
 
 
+cdef inline bint _mapped(PoolC* p, void* ptr) noexcept nogil:
+    return p.map_lo <= <size_t>ptr < p.map_hi
+
+
+cdef void* _unmap_grow(void* old, size_t old_bytes, size_t new_bytes) noexcept nogil:
+    """A mapped block grown: copied to the heap, and the pages it covered given back (a private
+    mapping's written pages are anonymous copies, which would otherwise stay resident)."""
+    cdef void* fresh = malloc(new_bytes)
+    cdef size_t lo, hi
+    if fresh == NULL:
+        return NULL
+    memcpy(fresh, old, old_bytes)
+    lo = (<size_t>old + 4095) & ~<size_t>4095
+    hi = (<size_t>old + old_bytes) & ~<size_t>4095
+    if hi > lo:
+        madvise(<void*>lo, hi - lo, MADV_DONTNEED)
+    return fresh
+
+
 cdef void pool_free(PoolC* p, void* ptr, size_t n, size_t size) noexcept nogil:
     if ptr != NULL:
-        free(ptr)
+        if not _mapped(p, ptr):
+            free(ptr)
         p.used -= n * size

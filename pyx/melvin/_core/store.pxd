@@ -128,6 +128,18 @@ cdef void link_edge_lists(GraphC* g) noexcept nogil
 cdef uint32_t rebuild_edge_index(GraphC* g, const uint64_t* multi) noexcept nogil
 # out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).
 cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil
+# Loading a brain used in place (format 4): its lists and indexes checked instead of rebuilt.
+# Each returns NONE if all is well (see store.pyx for what else).
+cdef uint32_t verify_lists(GraphC* g, uint32_t nn) noexcept nogil
+cdef uint32_t verify_context_index(GraphC* g) noexcept nogil
+# Occupied slots, each naming an item below n, in an index at most 3/4 full; else 2**64-1.
+cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil
+# Needs index_filled(edge index) checked first; found counts the indexed edges met.
+cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
+                                uint64_t* found) noexcept nogil
+# Format 4's edge order: order[j] = the edge that becomes edge j (each context's successors as
+# one run, in context order, oldest first) and rank[e] its inverse; needs consistent lists.
+cdef void grouped_edge_order(GraphC* g, uint32_t* order, uint32_t* rank) noexcept nogil
 # After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
 # larger of its snapshot capacity and what it now holds, in place (no allocation, cannot fail).
 cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil

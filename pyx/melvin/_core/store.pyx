@@ -810,3 +810,110 @@ cdef void cats_free(GraphC* g) noexcept nogil:
     g.cat_w = NULL
     g.cat_head = NULL
     g.cap_cats = 0
+
+
+# ---- Brains used in place (format 4): their contexts, edges and two indexes come from the file
+# as the core holds them, so each invariant the loader would have built is checked instead. Every
+# pass reads its array in order and prefetches its one random read 16 items ahead.
+
+cdef enum:
+    VERIFY_AHEAD = 16                     # items between a slot's prefetch and its probe
+
+
+cdef uint32_t verify_lists(GraphC* g, uint32_t nn) noexcept nogil:
+    """Format 4 stores each context's successors as one run of edges, in context order, the list
+    linking each to the one before it (so each list descends, as lists always do in memory).
+    Checks exactly that, each edge's destination below nn and count non-zero, and the contexts'
+    distinct and total, in one pass in order over both arrays. Returns the first invalid
+    context, nc if edges are left over, or NONE."""
+    cdef uint32_t c, j, d, nc = g.n_ctxs, ne = g.n_edges
+    cdef uint64_t cursor = 0, total
+    cdef CtxC* x
+    cdef EdgeC* ed
+    for c in range(nc):
+        x = &g.ctxs[c]
+        d = x.distinct
+        if d == 0:
+            if x.head != NONE or x.total:
+                return c
+            continue
+        if d > ne - cursor or x.head != cursor + d - 1:
+            return c
+        total = 0
+        for j in range(<uint32_t>cursor, <uint32_t>cursor + d):
+            ed = &g.edges[j]
+            if ed.ctx != c or ed.dst >= nn or ed.count == 0 or \
+                    ed.next != (NONE if j == cursor else j - 1):
+                return c
+            total += ed.count
+        if total != x.total:
+            return c
+        cursor += d
+    return NONE if cursor == ne else nc
+
+
+cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
+    """Occupied slots of an index, each naming a position below n; 2**64-1 if one does not, or if
+    the index is over 3/4 full (lookups stop only at an empty slot)."""
+    cdef uint64_t i, filled = 0
+    cdef uint32_t s, bad = 0, mask = ix_mask(ix.capacity)
+    for i in range(ix.capacity):          # branch-free: about half the slots are empty, at random
+        s = ix.slots[i]
+        filled += s != 0
+        bad |= (s != 0) & (ix_value(s, mask) >= n)
+    if bad or filled * 4 > ix.capacity * 3:
+        return <uint64_t>-1
+    return filled
+
+
+cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
+    """Every context is found through the index as itself (so no two share a key), and the index
+    holds nothing else. Returns the first context that is not, nc for a damaged index, or NONE."""
+    cdef uint32_t c, nc = g.n_ctxs
+    cdef uint64_t cap = g.ctx_ix.capacity, filled = index_filled(&g.ctx_ix, nc)
+    if filled == <uint64_t>-1 or filled != nc or (cap == 0 and nc):
+        return nc
+    for c in range(nc):
+        if c + VERIFY_AHEAD < nc:
+            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + VERIFY_AHEAD]), cap)])
+        if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
+            return c
+    g.ctx_ix.filled = nc
+    return NONE
+
+
+cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
+                                uint64_t* found) noexcept nogil:
+    """Edges start..stop-1: each of a context with two or more successors is found through the
+    index as itself (counted in found). Returns the first that is not, or NONE."""
+    cdef uint32_t e, ne = g.n_edges, nc = g.n_ctxs
+    cdef uint64_t cap = g.edge_ix.capacity
+    cdef EdgeC* ed
+    for e in range(start, stop):
+        if e + VERIFY_AHEAD < stop and cap:   # (a sole edge's prefetch would be a wasted miss)
+            ed = &g.edges[e + VERIFY_AHEAD]
+            if ed.ctx < nc and g.ctxs[ed.ctx].distinct >= 2:
+                prefetch(&g.edge_ix.slots[fastrange(edge_hash(ed.ctx, ed.dst), cap)])
+        ed = &g.edges[e]
+        if ed.ctx >= nc:                  # (verify_lists may still be on its way to it)
+            return e
+        if g.ctxs[ed.ctx].distinct < 2:   # not indexed (the contexts are met in order)
+            continue
+        found[0] += 1
+        if cap == 0 or edge_find(g, ed.ctx, ed.dst) != e:
+            return e
+    return NONE
+
+
+cdef void grouped_edge_order(GraphC* g, uint32_t* order, uint32_t* rank) noexcept nogil:
+    cdef uint32_t c, e, j, d, cursor = 0
+    for c in range(g.n_ctxs):
+        d = g.ctxs[c].distinct
+        e = g.ctxs[c].head
+        j = cursor + d
+        while e != NONE:                  # the list runs newest first: fill the run backwards
+            j -= 1
+            order[j] = e
+            rank[e] = j
+            e = g.edges[e].next
+        cursor += d
