@@ -117,6 +117,7 @@ def brains(lines):
 def load_seeds(lines):
     for name, buf in brains(lines):
         write("load", f"seed-{name}", buf)
+        write("load", f"seed-v4-{name}", persist.dumps(persist.loads(buf), mapped=True))
 
 
 def inputs_seeds(lines):

@@ -219,7 +219,7 @@ class Graph:
 
     def save(self, path, *, mapped: bool = False) -> None:
         """Write the brain atomically (temp file, fsync, rename). mapped: format 4, which
-        melvin.load maps and uses in place (faster to load, ~2.5x larger; see melvin.persist)."""
+        melvin.load maps and uses in place (faster to load, ~2.3x larger; see melvin.persist)."""
         from melvin.persist import save
         save(self, os.fspath(path), mapped=mapped)   # persist.write holds the lock while it reads
 

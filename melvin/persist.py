@@ -13,7 +13,7 @@ the contexts (20 B: key, list head, total, distinct), the edges (16 B: ctx, dst,
 stamp) and the context and edge index slots ("ctx_ix", "edge_ix", 4 B each) as the core does,
 each section aligned to a page. load(mmap=True) maps such a file copy-on-write and uses those
 sections in place: instead of building the indexes and successor lists it verifies them, so a
-brain starts answering sooner, for a file ~2.5x larger than format 3 (about 40 B per edge, beyond
+brain starts answering sooner, for a file ~2.3x larger than format 3 (about 38 B per edge, beyond
 DESIGN's 16 B on disk: format 3 stays the default, and what checkpoints use).
 
 Loading validates the table, every checksum, every record count against its section length, and

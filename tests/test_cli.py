@@ -1,4 +1,5 @@
-"""The `melvin` command line: demo (the README's main job), stats and generate on a saved brain."""
+"""The `melvin` command line: demo (the README's main job), stats, generate and convert on a saved
+brain."""
 import melvin
 from melvin.__main__ import main
 
@@ -25,4 +26,20 @@ def test_stats_and_generate(capsys, tmp_path):
 
 def test_missing_brain_is_a_clear_error(capsys, tmp_path):
     assert main(["stats", str(tmp_path / "nope.mlv")]) == 1
+    assert "melvin: error" in capsys.readouterr().err
+
+
+def test_convert_between_formats(capsys, tmp_path):
+    g = melvin.Graph()
+    for _ in range(5):
+        g.feed("hello world")
+    path, mapped, back = tmp_path / "b.mlv", tmp_path / "m.mlv", tmp_path / "c.mlv"
+    g.save(path)
+    assert main(["convert", str(path), str(mapped), "--mapped"]) == 0
+    assert mapped.read_bytes()[8] == 4                    # format 4
+    assert main(["generate", str(mapped), "hello"]) == 0
+    assert capsys.readouterr().out == " world\n"
+    assert main(["convert", str(mapped), str(back)]) == 0
+    assert back.read_bytes()[8] == 3 and melvin.load(back).generate(b"hello") == b" world"
+    assert main(["convert", str(tmp_path / "nope.mlv"), str(back)]) == 1
     assert "melvin: error" in capsys.readouterr().err
