@@ -11,8 +11,10 @@ Layout (all little-endian):
 Format 4 (save(..., mapped=True)) keeps limits, meta, nodes, arena and cats as format 3 and holds
 the contexts (20 B: key, list head, total, distinct), the edges (16 B: ctx, dst, next, count,
 stamp) and the context and edge index slots ("ctx_ix", "edge_ix", 4 B each) as the core does,
-each section aligned to a page. load(mmap=True) maps such a file copy-on-write and uses those
-sections in place: instead of building the indexes and successor lists it verifies them, so a
+each section aligned to a page; the contexts are numbered in the order of their index slots and
+each one's edges are one run, oldest first (Core.mapped_order). load(mmap=True) maps such a
+file copy-on-write and uses those sections in place: instead of building the indexes and
+successor lists it verifies them, mostly in passes in that order (store.verify_*), so a
 brain starts answering sooner, for a file ~2.3x larger than format 3 (about 38 B per edge, beyond
 DESIGN's 16 B on disk: format 3 stays the default, and what checkpoints use).
 
@@ -78,9 +80,9 @@ def write(graph, f, *, mapped: bool = False) -> None:
         _write(graph, f, mapped)
 
 
-def _raw_chunks(core, kind: str, grouped):
+def _raw_chunks(core, kind: str, numbering):
     start = 0
-    while chunk := core.export_raw(kind, start, start + _CHUNK, *grouped):
+    while chunk := core.export_raw(kind, start, start + _CHUNK, numbering):
         yield chunk
         start += _CHUNK
 
@@ -97,7 +99,7 @@ def _write(graph, f, mapped: bool = False) -> None:
     }
     base = f.tell()
     names = _SECTIONS_V4 if mapped else _SECTIONS
-    grouped = core.grouped_order() if mapped else None
+    numbering = core.mapped_order() if mapped else None
     table_len = len(names) * _ENTRY.size
     f.write(_HEAD.pack(MAGIC, MAPPED_VERSION if mapped else VERSION, len(names)))
     f.write(b"\0" * (table_len + _CRC.size))
@@ -108,7 +110,7 @@ def _write(graph, f, mapped: bool = False) -> None:
             pad = -offset % _PAGE            # in place: each record where its type aligns
             f.write(b"\0" * pad)
             offset += pad
-            parts = _raw_chunks(core, _RAW[name], grouped)
+            parts = _raw_chunks(core, _RAW[name], numbering)
         elif name in small:
             parts = [small[name]]
         elif name == "arena":

@@ -214,9 +214,8 @@ def _index_edits(slots):
         _set_slot(i, int(slots[i]) ^ (1 << 31)),    # a wrong tag
         _set_slot(i, int(slots[i]) & 0xFFFF0000),   # tag bits only
         _set_slot(i, int(slots[i]) + 1),            # another item
-        swap,
         lambda a: a.__setitem__(slice(None), np.where(a == 0, a[i], a)),  # full: probes never end
-    ]
+    ], swap
 
 
 def _set_slot(i, value):
@@ -227,16 +226,22 @@ def _set_slot(i, value):
 
 @pytest.mark.parametrize("name", ["ctx_ix", "edge_ix"])
 def test_every_changed_index_slot_is_refused(brain, name, threaded):
-    """The index sections are verified whole instead of checksummed: each slot is empty or
-    names the one item a lookup for it finds there, and every item has one."""
+    """The index sections are verified instead of checksummed: each slot is empty or names the
+    one item a lookup for it finds there, and every item has one. So any change of one slot is
+    refused, and what passes is a correct index of the records, whatever its bytes (two entries
+    of one run swapped may still be)."""
     buf = dumps(brain, mapped=True)
     slots = np.frombuffer(_sections(buf)[name], np.uint32)
-    for edit in _index_edits(slots):
-        bad = _edit(buf, name, np.uint32, edit)
-        if bad == _join(_sections(buf)):
-            continue                              # (a swap of equal slots)
+    edits, swap = _index_edits(slots)
+    for edit in edits:
         with pytest.raises(melvin.CorruptBrainError):
-            loads(bad)
+            loads(_edit(buf, name, np.uint32, edit))
+    try:
+        g = loads(_edit(buf, name, np.uint32, swap))
+    except melvin.CorruptBrainError:
+        pass
+    else:
+        assert g.check() and _model(g) == _model(brain)
     s = _sections(buf)
     for cut in (s[name][:-4], s[name][:-1], b""):
         with pytest.raises(melvin.CorruptBrainError):
@@ -297,3 +302,45 @@ def test_empty_and_fresh_brains(tmp_path):
         assert h.check() and _model(h) == _model(g)
         h.feed(b"hello hello hello")
         assert h.check()
+
+
+def _ix_mask(cap):
+    m = cap + 256
+    return 0xFFFFFFFF if m >= 0xFFFFFFFF else 0xFFFFFFFF >> (32 - m.bit_length())
+
+
+def _wrapped(buf, key_first, key_last=None):
+    """The brain with context 0's key (its entry in slot 0) set to key_first and, unless None,
+    the last context's to key_last, its entry moved to the table's last slot."""
+    s = _sections(buf)
+    ctxs = np.frombuffer(s["contexts"], CTX_RAW_DTYPE).copy()
+    slots = np.frombuffer(s["ctx_ix"], np.uint32).copy()
+    cap, nc, mask = len(slots), len(ctxs), _ix_mask(len(slots))
+    assert slots[0] and not slots[-1] and not slots[-2]     # what this layout needs
+    for k, key in ((0, key_first), (nc - 1, key_last)):
+        if key is not None:
+            ctxs["key_lo"][k], ctxs["key_hi"][k] = key & 0xFFFFFFFF, key >> 32
+    if key_last is not None:
+        slots[np.flatnonzero(slots)[-1]] = 0
+        slots[cap - 1] = (key_last & 0xFFFFFFFF & ~mask) | nc
+    slots[0] = (key_first & 0xFFFFFFFF & ~mask) | 1
+    s["contexts"], s["ctx_ix"] = ctxs.tobytes(), slots.tobytes()
+    return _join(s)
+
+
+def test_context_index_runs_that_wrap_around(wiki_lines, threaded):
+    """Contexts are numbered in their index slots' order, and an entry whose probe started near
+    the end of the table sits at its start: its path runs over the end."""
+    g = melvin.Graph(melvin.Limits(max_memory="32M", context_len=4), seed=7)
+    for line in wiki_lines[:20]:
+        g.feed(line)
+    buf = dumps(g, mapped=True)
+    near_end_a, near_end_b = (1 << 64) - (1 << 20) + 1, (1 << 64) - (2 << 20) + 2
+    cap = len(_sections(buf)["ctx_ix"]) // 4
+    assert (near_end_a * cap) >> 64 == (near_end_b * cap) >> 64 == cap - 1   # both start there
+    h = loads(_wrapped(buf, near_end_a, near_end_b))
+    assert h.check()
+    for bad in (_wrapped(buf, near_end_a),                # the last slot, on its way, is empty
+                _wrapped(buf, near_end_a, near_end_a)):   # the same key before it
+        with pytest.raises(melvin.CorruptBrainError, match="context index"):
+            loads(bad)

@@ -27,7 +27,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore, verify_lists,
                                  verify_context_index, verify_edge_index, index_filled,
-                                 grouped_edge_order, ix_mask, ix_value)
+                                 mapped_order, mapped_edge_index, ix_mask, ix_value)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
@@ -1292,26 +1292,30 @@ cdef class Core:
         return dict(nodes=self.g.n_nodes, contexts=self.g.n_ctxs, edges=self.g.n_edges,
                     arena=self.g.n_arena, categories=self.g.n_cats)
 
-    def grouped_order(self):
-        """Format 4's edge order (store.grouped_edge_order): (order, rank) uint32 arrays, 8 bytes
-        per edge of transient memory while a format 4 save streams."""
+    def mapped_order(self):
+        """Format 4's numbering (store.mapped_order) for export_raw: the contexts' order and
+        rank, the edges' order and rank, and the edge index of that numbering; 16 bytes per
+        edge and 8 per context (plus the edge index) of transient memory while a save streams."""
         cdef GraphC* g = &self.g
-        cdef cnp.uint32_t[::1] o, r
+        cdef cnp.uint32_t[::1] co, cr, o, r, slots
+        ctx_order = np.empty(g.n_ctxs + 1, dtype=np.uint32)
+        ctx_rank = np.empty(g.n_ctxs + 1, dtype=np.uint32)
         order = np.empty(g.n_edges + 1, dtype=np.uint32)
         rank = np.empty(g.n_edges + 1, dtype=np.uint32)
-        o = order
-        r = rank
+        edge_index = np.empty(g.edge_ix.capacity + 1, dtype=np.uint32)
+        co, cr, o, r, slots = ctx_order, ctx_rank, order, rank, edge_index
         with nogil:
-            grouped_edge_order(g, &o[0], &r[0])
-        return order[:g.n_edges], rank[:g.n_edges]
+            mapped_order(g, &co[0], &cr[0], &o[0], &r[0])
+            mapped_edge_index(g, &o[0], &cr[0], &slots[0])
+        return (ctx_order[:g.n_ctxs], ctx_rank[:g.n_ctxs], order[:g.n_edges], rank[:g.n_edges],
+                edge_index[:g.edge_ix.capacity])
 
-    def export_raw(self, str kind, uint64_t start, uint64_t stop, order, rank):
+    def export_raw(self, str kind, uint64_t start, uint64_t stop, numbering):
         """Records [start, stop) of "contexts", "edges", "context_index" or "edge_index" as the
-        core holds them, with the edges in grouped_order (order, rank): format 4, which a save
+        core holds them, renumbered by mapped_order() (numbering): format 4, which a save
         streams in chunks. Little-endian hosts only."""
         cdef GraphC* g = &self.g
-        cdef const cnp.uint32_t[::1] o = order
-        cdef const cnp.uint32_t[::1] r = rank
+        cdef const cnp.uint32_t[::1] co, cr, o, r, slots_new
         cdef uint64_t n, i
         cdef uint32_t s, mask
         cdef CtxC* xs
@@ -1319,8 +1323,9 @@ cdef class Core:
         cdef uint32_t* slots
         if not RAW_IN_PLACE:               # pragma: no cover - big-endian hosts
             raise NotImplementedError("format 4 is written on little-endian hosts only")
-        if len(order) != g.n_edges or len(rank) != g.n_edges:
-            raise ValueError("order and rank must come from grouped_order()")
+        co, cr, o, r, slots_new = numbering
+        if len(co) != g.n_ctxs or len(o) != g.n_edges or len(slots_new) != g.edge_ix.capacity:
+            raise ValueError("numbering must come from mapped_order() of this state")
         n = {"contexts": g.n_ctxs, "edges": g.n_edges, "context_index": g.ctx_ix.capacity,
              "edge_index": g.edge_ix.capacity}[kind]
         stop = min(stop, n)
@@ -1329,8 +1334,8 @@ cdef class Core:
         if kind == "contexts":
             out = np.empty(stop - start, CTX_RAW_DTYPE)
             xs = <CtxC*>cnp.PyArray_DATA(out)
-            memcpy(xs, &g.ctxs[start], (stop - start) * sizeof(CtxC))
             for i in range(stop - start):
+                xs[i] = g.ctxs[co[start + i]]
                 if xs[i].head != NONE:
                     xs[i].head = r[xs[i].head]
         elif kind == "edges":
@@ -1338,17 +1343,18 @@ cdef class Core:
             es = <EdgeC*>cnp.PyArray_DATA(out)
             for i in range(stop - start):
                 es[i] = g.edges[o[start + i]]
+                es[i].ctx = cr[es[i].ctx]
                 es[i].next = NONE if es[i].next == NONE else <uint32_t>(start + i - 1)
         else:
             out = np.empty(stop - start, np.uint32)
             slots = <uint32_t*>cnp.PyArray_DATA(out)
-            if kind == "context_index":
-                memcpy(slots, &g.ctx_ix.slots[start], (stop - start) * sizeof(uint32_t))
+            if kind == "edge_index":
+                memcpy(slots, &slots_new[start], (stop - start) * sizeof(uint32_t))
             else:
-                mask = ix_mask(g.edge_ix.capacity)
+                mask = ix_mask(g.ctx_ix.capacity)
                 for i in range(stop - start):
-                    s = g.edge_ix.slots[start + i]
-                    slots[i] = (s & ~mask) | (r[ix_value(s, mask)] + 1) if s else 0
+                    s = g.ctx_ix.slots[start + i]
+                    slots[i] = (s & ~mask) | (cr[ix_value(s, mask)] + 1) if s else 0
         return out.tobytes()
 
     def export_range(self, str kind, uint32_t start, uint32_t stop):
@@ -1786,7 +1792,8 @@ cdef class Core:
         the contexts, edges and their indexes adopted (_adopt) and verified, the edge side on a
         second thread for big brains while the nodes load; both threads then share the edge
         index check. The index sections are not checksummed: they are verified whole (each slot
-        empty, or naming the one item a probe for it finds), so any changed bit is refused."""
+        empty, or naming the one item a probe for it finds), so what passes is a correct index
+        of the records, and any change to one slot is refused."""
         cdef GraphC* g = &self.g
         cdef uint32_t nn = len(nodes), nc = len(ctxs), ne = len(edges)
         cdef uint32_t dup_node, bad_ctx_ix = NONE, bad_right = NONE, bad_ix = NONE

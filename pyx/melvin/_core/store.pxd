@@ -137,9 +137,14 @@ cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil
 # Needs index_filled(edge index) checked first; found counts the indexed edges met.
 cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
                                 uint64_t* found) noexcept nogil
-# Format 4's edge order: order[j] = the edge that becomes edge j (each context's successors as
-# one run, in context order, oldest first) and rank[e] its inverse; needs consistent lists.
-cdef void grouped_edge_order(GraphC* g, uint32_t* order, uint32_t* rank) noexcept nogil
+# Format 4's order: contexts by their index slot (ctx_order[k] = the context that becomes k,
+# ctx_rank its inverse), then each context's successors as one run, oldest first (order[j] =
+# the edge that becomes edge j, rank its inverse). Needs a consistent graph.
+cdef void mapped_order(GraphC* g, uint32_t* ctx_order, uint32_t* ctx_rank, uint32_t* order,
+                       uint32_t* rank) noexcept nogil
+# The edge index of that numbering, into slots (edge_ix.capacity of them).
+cdef void mapped_edge_index(GraphC* g, const uint32_t* order, const uint32_t* ctx_rank,
+                            uint32_t* slots) noexcept nogil
 # After a failed operation: shrink every table whose capacity grew since `snapshot` back to the
 # larger of its snapshot capacity and what it now holds, in place (no allocation, cannot fail).
 cdef void caps_snapshot(GraphC* g, uint64_t* caps) noexcept nogil

@@ -867,17 +867,47 @@ cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
 
 
 cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
-    """Every context is found through the index as itself (so no two share a key), and the index
-    holds nothing else. Returns the first context that is not, nc for a damaged index, or NONE."""
-    cdef uint32_t c, nc = g.n_ctxs
+    """Format 4 numbers the contexts in the order of their index slots, so the index is checked in
+    one pass in order over both: occupied slot number k names context k with its key's tag, its
+    probe from the key's home slot meets no empty slot, and no entry of the same key is on that
+    path (a lookup would stop there). Then each context is found as itself and the index holds
+    nothing else. Returns the first context that is not, nc for a damaged index, or NONE."""
+    cdef uint32_t nc = g.n_ctxs, k = 0, s, mask = ix_mask(g.ctx_ix.capacity)
     cdef uint64_t cap = g.ctx_ix.capacity, filled = index_filled(&g.ctx_ix, nc)
+    cdef uint64_t i, h, p, path, tail
+    cdef int64_t last_empty = -1          # the last empty slot before i
+    cdef uint64_t key
+    cdef const uint32_t* slots = g.ctx_ix.slots
     if filled == <uint64_t>-1 or filled != nc or (cap == 0 and nc):
         return nc
-    for c in range(nc):
-        if c + VERIFY_AHEAD < nc:
-            prefetch(&g.ctx_ix.slots[fastrange(ctx_key(&g.ctxs[c + VERIFY_AHEAD]), cap)])
-        if ctx_find(g, ctx_key(&g.ctxs[c])) != c:
-            return c
+    if nc == 0:
+        g.ctx_ix.filled = 0
+        return NONE
+    tail = cap - 1                        # the last empty slot (there is one: filled <= 3/4)
+    while slots[tail]:
+        tail -= 1
+    for i in range(cap):
+        s = slots[i]
+        if s == 0:
+            last_empty = <int64_t>i
+            continue
+        key = ctx_key(&g.ctxs[k])
+        if ix_value(s, mask) != k or not ix_tag_matches(s, key, mask):
+            return k
+        h = fastrange(key, cap)
+        if h <= i:
+            if last_empty >= <int64_t>h:
+                return k
+            path = i - h
+        else:                             # the probe wrapped around the end of the table
+            if last_empty >= 0 or tail >= h:
+                return k
+            path = i + cap - h
+        for p in range(1, path + 1):      # the entries before it on the path: contexts k-1, k-2 ...
+            if ix_tag_matches(slots[(i + cap - p) % cap], key, mask) and \
+                    ctx_key(&g.ctxs[(k + <uint64_t>nc - p % nc) % nc]) == key:
+                return k
+        k += 1
     g.ctx_ix.filled = nc
     return NONE
 
@@ -905,9 +935,19 @@ cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
     return NONE
 
 
-cdef void grouped_edge_order(GraphC* g, uint32_t* order, uint32_t* rank) noexcept nogil:
-    cdef uint32_t c, e, j, d, cursor = 0
-    for c in range(g.n_ctxs):
+cdef void mapped_order(GraphC* g, uint32_t* ctx_order, uint32_t* ctx_rank, uint32_t* order,
+                       uint32_t* rank) noexcept nogil:
+    cdef uint32_t c, e, j, k = 0, d, s, cursor = 0, mask = ix_mask(g.ctx_ix.capacity)
+    cdef uint64_t i
+    for i in range(g.ctx_ix.capacity):
+        s = g.ctx_ix.slots[i]
+        if s:
+            c = ix_value(s, mask)
+            ctx_order[k] = c
+            ctx_rank[c] = k
+            k += 1
+    for k in range(g.n_ctxs):
+        c = ctx_order[k]
         d = g.ctxs[c].distinct
         e = g.ctxs[c].head
         j = cursor + d
@@ -917,3 +957,22 @@ cdef void grouped_edge_order(GraphC* g, uint32_t* order, uint32_t* rank) noexcep
             rank[e] = j
             e = g.edges[e].next
         cursor += d
+
+
+cdef void mapped_edge_index(GraphC* g, const uint32_t* order, const uint32_t* ctx_rank,
+                            uint32_t* slots) noexcept nogil:
+    cdef uint64_t cap = g.edge_ix.capacity, h, i
+    cdef uint32_t j, mask = ix_mask(cap)
+    cdef EdgeC* ed
+    memset(slots, 0, cap * sizeof(uint32_t))
+    for j in range(g.n_edges):
+        ed = &g.edges[order[j]]
+        if g.ctxs[ed.ctx].distinct < 2:
+            continue
+        h = edge_hash(ctx_rank[ed.ctx], ed.dst)
+        i = fastrange(h, cap)
+        while slots[i]:
+            i += 1
+            if i == cap:
+                i = 0
+        slots[i] = ix_slot(h, j, mask)
