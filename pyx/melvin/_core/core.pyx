@@ -1294,8 +1294,9 @@ cdef class Core:
 
     def mapped_order(self):
         """Format 4's numbering (store.mapped_order) for export_raw: the contexts' order and
-        rank, the edges' order and rank, and the edge index of that numbering; 16 bytes per
-        edge and 8 per context (plus the edge index) of transient memory while a save streams."""
+        rank, the edges' order and rank, and the edge index of that numbering: 8 bytes per
+        context and per edge, and a copy of the edge index, of transient memory while a save
+        streams."""
         cdef GraphC* g = &self.g
         cdef cnp.uint32_t[::1] co, cr, o, r, slots
         ctx_order = np.empty(g.n_ctxs + 1, dtype=np.uint32)
