@@ -55,7 +55,8 @@ _ENTRY = struct.Struct("<8sQQII")
 _CRC = struct.Struct("<I")
 _SECTIONS = ("limits", "meta", "nodes", "arena", "contexts", "edges", "cats")
 _SECTIONS_V1 = _SECTIONS[:6]
-_SECTIONS_V4 = ("limits", "meta", "nodes", "arena", "cats", "contexts", "edges", "ctx_ix", "edge_ix")
+_SECTIONS_V4 = ("limits", "meta", "nodes", "arena", "cats", "contexts", "edges", "ctx_ix",
+                "edge_ix")
 _RAW = {"contexts": "contexts", "edges": "edges", "ctx_ix": "context_index",
         "edge_ix": "edge_index"}            # format 4's in-place sections: Core.export_raw kinds
 _PAGE = 4096
@@ -322,7 +323,8 @@ def loads(buf, *, limits: Limits | None = None, verify: bool = True, _fd: int | 
         for name in ("ctx_ix", "edge_ix"):
             if len(sections[name]) % 4:
                 raise CorruptBrainError(f"section {name} is not whole index slots")
-        indexes = tuple(np.frombuffer(sections[name], dtype="<u4") for name in ("ctx_ix", "edge_ix"))
+        indexes = tuple(np.frombuffer(sections[name], dtype="<u4")
+                        for name in ("ctx_ix", "edge_ix"))
     arrays = {}
     node_dtype = {1: NODE_DTYPE_V1, 2: NODE_DTYPE}.get(version, NODE_RECORD_DTYPE)
     ctx_dtype, edge_dtype = (CTX_RAW_DTYPE, EDGE_RAW_DTYPE) if in_place else (CTX_DTYPE, EDGE_DTYPE)

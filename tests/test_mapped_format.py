@@ -6,24 +6,18 @@ import zlib
 import numpy as np
 import pytest
 
+import brainfile
 import melvin
-from melvin import persist
 from melvin._core.core import CTX_RAW_DTYPE, EDGE_RAW_DTYPE
 from melvin.persist import dumps, loads
 
-_HEAD = struct.Struct("<8sII")
-_ENTRY = struct.Struct("<8sQQII")
 NONE = 0xFFFFFFFF
 PROBES = [b"", b"The ", b"April", b"hello", b"in the", b"\x00\xff"]
 
 
 @pytest.fixture(scope="module")
 def brain(wiki_lines):
-    g = melvin.Graph(melvin.Limits(max_memory="32M", context_len=4), seed=7)
-    for line in wiki_lines[:80]:
-        g.feed(line)
-    g.feed(b"\x00\xff binary \x80\x81", port=melvin.PORT_SENSOR)
-    return g
+    return brainfile.sample_brain(wiki_lines)
 
 
 @pytest.fixture(params=[False, True], ids=["one-thread", "threaded"])
@@ -37,45 +31,22 @@ def threaded(request, monkeypatch):
     return request.param
 
 
-def _sections(buf: bytes) -> dict:
-    _, _, count = _HEAD.unpack_from(buf, 0)
-    out = {}
-    for i in range(count):
-        raw, offset, length, _, _ = _ENTRY.unpack_from(buf, _HEAD.size + i * _ENTRY.size)
-        out[raw.rstrip(b"\0").decode()] = bytes(buf[offset:offset + length])
-    return out
+_HEAD, _ENTRY, _sections = brainfile.HEAD, brainfile.ENTRY, brainfile.split
 
 
 def _join(sections: dict) -> bytes:
-    """A format 4 brain of these sections with correct checksums (so only the content is hostile),
-    each section at an offset a multiple of 8."""
-    names = list(sections)
-    offset = _HEAD.size + len(names) * _ENTRY.size + 4
-    table, body = [], []
-    for name in names:
-        pad = -offset % 8
-        body.append(b"\0" * pad)
-        offset += pad
-        data = sections[name]
-        table.append(_ENTRY.pack(name.encode().ljust(8, b"\0"), offset, len(data),
-                                 zlib.crc32(data), 0))
-        body.append(data)
-        offset += len(data)
-    tb = b"".join(table)
-    return b"".join([_HEAD.pack(b"MLVNBRN\n", 4, len(names)), tb, struct.pack("<I", zlib.crc32(tb))]
-                    + body)
+    """A format 4 brain of these sections with correct checksums, each at an offset a multiple of
+    8 (where its records align, not a page: loads() copies them)."""
+    return brainfile.join(sections, version=4, align=8)
 
 
 def _edit(buf: bytes, name: str, dtype, edit) -> bytes:
-    s = _sections(buf)
-    arr = np.frombuffer(s[name], dtype=dtype).copy()
-    edit(arr)
-    s[name] = arr.tobytes()
-    return _join(s)
+    return brainfile.records(buf, name, dtype, edit, version=4, align=8)
 
 
 def _model(g):
-    st = {k: v for k, v in g.stats().items() if k not in ("memory_bytes", "peak_memory_bytes", "bytes_per_edge")}
+    st = {k: v for k, v in g.stats().items()
+          if k not in ("memory_bytes", "peak_memory_bytes", "bytes_per_edge")}
     return st, [(g.predict(p, k=8), g.generate(p), g.score(p) if p else None) for p in PROBES]
 
 
@@ -180,7 +151,7 @@ def test_hostile_records(brain, threaded):
         ("edges", E, _set("next", first, first + 1)),       # ascends
         ("edges", E, _set("next", first, ne + 3)),
         ("edges", E, lambda a: a.__setitem__(first + 1, a[first])),   # a repeated edge
-        ("edges", E, _set("dst", first + 1, 5000)),         # (an id, but not where the index has it)
+        ("edges", E, _set("dst", first + 1, 5000)),         # not where the index has it
         ("contexts", C, _set("head", c, NONE)),
         ("contexts", C, _set("head", c, ne)),
         ("contexts", C, _set("head", c, first)),
@@ -291,7 +262,8 @@ def test_a_mapped_brain_must_fit_its_own_limits(brain):
     buf = dumps(brain, mapped=True)
     lim = brain.limits.to_dict()
     with pytest.raises(melvin.CorruptBrainError, match="does not fit its own limits"):
-        loads(buf, limits=melvin.Limits(**{**lim, "max_memory": brain.stats()["memory_bytes"] // 4}))
+        loads(buf, limits=melvin.Limits(**{**lim,
+                                           "max_memory": brain.stats()["memory_bytes"] // 4}))
 
 
 def test_empty_and_fresh_brains(tmp_path):

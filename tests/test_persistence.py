@@ -6,53 +6,19 @@ import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import brainfile
 import melvin
 from melvin import persist
 from melvin.persist import dumps, loads
 
-_HEAD = struct.Struct("<8sII")
-_ENTRY = struct.Struct("<8sQQII")
+_HEAD, _ENTRY = brainfile.HEAD, brainfile.ENTRY
 _NAMES = ("limits", "meta", "nodes", "arena", "contexts", "edges", "cats")
-
-
-def _spans(buf: bytes) -> dict:
-    """(offset, length) of each section of a (valid) brain, by name."""
-    _, _, count = _HEAD.unpack_from(buf, 0)
-    out = {}
-    for i in range(count):
-        raw, offset, length, _, _ = _ENTRY.unpack_from(buf, _HEAD.size + i * _ENTRY.size)
-        out[raw.rstrip(b"\0").decode()] = (offset, length)
-    return out
-
-
-def _split(buf: bytes) -> dict:
-    """Sections of a (valid) brain, by name."""
-    return {name: bytes(buf[o:o + n]) for name, (o, n) in _spans(buf).items()}
-
-
-def _join(sections: dict, *, version=persist.VERSION, magic=b"MLVNBRN\n", count=None, fix=None) -> bytes:
-    """A brain with the given sections and correct checksums (so only the content is hostile).
-    fix(i, offset, length) may rewrite a table entry's offset/length."""
-    names = list(sections)
-    offset = _HEAD.size + len(names) * _ENTRY.size + 4
-    table, body = [], []
-    for i, name in enumerate(names):
-        data = sections[name]
-        off, length = offset, len(data)
-        if fix is not None:
-            off, length = fix(i, off, length)
-        table.append(_ENTRY.pack(name.encode().ljust(8, b"\0"), off, length, zlib.crc32(data), 0))
-        body.append(data)
-        offset += len(data)
-    tb = b"".join(table)
-    return b"".join([_HEAD.pack(magic, version, len(names) if count is None else count), tb,
-                     struct.pack("<I", zlib.crc32(tb))] + body)
+_spans, _split, _join = brainfile.spans, brainfile.split, brainfile.join
 
 
 def _same_model(a, b, probes):
@@ -75,12 +41,7 @@ def small_brain():
 
 @pytest.fixture(scope="module")
 def brain(wiki_lines):
-    g = melvin.Graph(melvin.Limits(max_memory="32M", context_len=4), seed=7)
-    for line in wiki_lines[:80]:
-        g.feed(line)
-    g.feed(b"\x00\xff binary \x80\x81", port=melvin.PORT_SENSOR)
-    g.check()
-    return g
+    return brainfile.sample_brain(wiki_lines)
 
 
 PROBES = [b"", b"The ", b"April", b"hello", b"in the", b"\x00\xff"]
@@ -346,12 +307,7 @@ def _limits_with(buf, **changes):
     return _join(s)
 
 
-def _records(buf, name, dtype, edit):
-    s = _split(buf)
-    arr = np.frombuffer(s[name], dtype=dtype).copy()
-    edit(arr)
-    s[name] = arr.tobytes()
-    return _join(s)
+_records = brainfile.records
 
 
 def test_helpers_reproduce_dumps(brain):

@@ -20,8 +20,9 @@ cdef struct PoolC:
     size_t map_lo        # [map_lo, map_hi): a private file mapping whose blocks the graph uses in
     size_t map_hi        # place (a brain loaded by mapping); never freed or realloc'ed here
 
-# Blocks inside [map_lo, map_hi) count in `used` like allocated ones; resizing one up moves it to the
-# heap (its old pages are given back), freeing one only uncounts it: the mapping's owner unmaps it.
+# Blocks inside [map_lo, map_hi) count in `used` like allocated ones; resizing one up moves it to
+# the heap and freeing one uncounts it, either giving its pages back (the mapping's owner unmaps
+# the mapping itself).
 # Returns NULL and sets p.err on failure; never raises.
 cdef void* pool_alloc(PoolC* p, size_t n, size_t size) noexcept nogil
 # Resizes *ptr from old_n to new_n items; commits (*ptr, p.used) only once the new block exists.

@@ -175,23 +175,29 @@ cdef inline bint _mapped(PoolC* p, void* ptr) noexcept nogil:
     return p.map_lo <= <size_t>ptr < p.map_hi
 
 
+cdef void _unmap_pages(void* block, size_t nbytes) noexcept nogil:
+    """Give back the whole pages of a mapped block the graph no longer uses (a private mapping's
+    written pages are anonymous copies, which would otherwise stay resident until it is unmapped)."""
+    cdef size_t lo = (<size_t>block + 4095) & ~<size_t>4095
+    cdef size_t hi = (<size_t>block + nbytes) & ~<size_t>4095
+    if hi > lo:
+        madvise(<void*>lo, hi - lo, MADV_DONTNEED)
+
+
 cdef void* _unmap_grow(void* old, size_t old_bytes, size_t new_bytes) noexcept nogil:
-    """A mapped block grown: copied to the heap, and the pages it covered given back (a private
-    mapping's written pages are anonymous copies, which would otherwise stay resident)."""
+    """A mapped block grown: copied to the heap, its pages given back."""
     cdef void* fresh = malloc(new_bytes)
-    cdef size_t lo, hi
     if fresh == NULL:
         return NULL
     memcpy(fresh, old, old_bytes)
-    lo = (<size_t>old + 4095) & ~<size_t>4095
-    hi = (<size_t>old + old_bytes) & ~<size_t>4095
-    if hi > lo:
-        madvise(<void*>lo, hi - lo, MADV_DONTNEED)
+    _unmap_pages(old, old_bytes)
     return fresh
 
 
 cdef void pool_free(PoolC* p, void* ptr, size_t n, size_t size) noexcept nogil:
     if ptr != NULL:
-        if not _mapped(p, ptr):
+        if _mapped(p, ptr):
+            _unmap_pages(ptr, n * size)
+        else:
             free(ptr)
         p.used -= n * size
