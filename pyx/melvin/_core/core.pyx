@@ -1729,6 +1729,8 @@ cdef class Core:
     cdef _adopt(self, void** table, records, size_t itemsize, str what):
         """Format 4: a table of the loaded records, in place if they lie in this Core's mapping
         (and are aligned), else copied into the pool."""
+        if not RAW_IN_PLACE:               # pragma: no cover - big-endian hosts: native copies
+            records = np.ascontiguousarray(records.astype(records.dtype.newbyteorder("=")))
         cdef const uint8_t[::1] raw = np.frombuffer(records, np.uint8) if len(records) else None
         cdef size_t n = len(records), nbytes = n * itemsize
         cdef const uint8_t* p = &raw[0] if n else NULL
@@ -1746,11 +1748,7 @@ cdef class Core:
             if block == NULL:
                 self._raise(f"loading the {what}")
             if n:
-                if RAW_IN_PLACE:
-                    memcpy(block, p, nbytes)
-                else:                     # pragma: no cover - big-endian hosts
-                    memcpy(block, PyBytes_AS_STRING(np.ascontiguousarray(
-                        records.astype(records.dtype.newbyteorder("="))).tobytes()), nbytes)
+                memcpy(block, p, nbytes)
             table[0] = block
         if self.g.pool.used > self.g.pool.peak:
             self.g.pool.peak = self.g.pool.used
@@ -1780,13 +1778,12 @@ cdef class Core:
         except BaseException as exc:      # (on the second thread nothing else would see it)
             out.append(exc)
 
-    def _checksum(self, pairs):
-        """Format 4: pairs of (records, (crc function, expected)); raises CorruptBrainError on
-        the first mismatch."""
-        for records, (fn, expected) in pairs:
-            if fn(records.view(np.uint8), 0) != expected:
-                raise CorruptBrainError("a section's checksum mismatch (contexts, edges or "
-                                        "their indexes)")
+    def _checksum(self, check):
+        """Format 4: check is (section name, its records, crc function, expected); raises
+        CorruptBrainError on a mismatch."""
+        name, records, fn, expected = check
+        if fn(records.view(np.uint8), 0) != expected:
+            raise CorruptBrainError(f"section {name} checksum mismatch")
 
     cdef _load_arrays_raw(self, nodes, bytes arena, ctxs, edges, indexes, dict capacities, crcs):
         """import_state for format 4: nodes, trie and node index as _load_arrays builds them;
@@ -1820,8 +1817,8 @@ cdef class Core:
         g.edge_ix.capacity = len(edge_ix)
         crc_ctx = crc_edge = None
         if crcs is not None:
-            crc_ctx = ((ctxs, (crcs[0], crcs[1]["contexts"])),)
-            crc_edge = ((edges, (crcs[0], crcs[1]["edges"])),)
+            crc_ctx = ("contexts", ctxs, crcs[0], crcs[1]["contexts"])
+            crc_edge = ("edges", edges, crcs[0], crcs[1]["edges"])
         shared_arr = np.array([0, <uint64_t>-1], dtype=np.uint64)   # next chunk; edge slots used
         shared = shared_arr
         scanned = threading.Event()
@@ -1838,12 +1835,7 @@ cdef class Core:
                 self._checksum(crc_ctx)
             with nogil:
                 bad_ctx_ix = verify_context_index(g)
-            self._load_nodes(nodes, arena)
-            with nogil:
-                dup_node = rebuild_index(g, 0)
-                if dup_node == NONE:
-                    bad_right = _find_right_components(g)
-                trie_ok = trie_build(g) if dup_node == NONE else 0
+            dup_node, bad_right, trie_ok = self._load_node_side(nodes, arena, True)
             scanned.wait()
             if shared[1] != <uint64_t>-1:
                 with nogil:
@@ -1868,6 +1860,21 @@ cdef class Core:
             raise CorruptBrainError(f"node {bad_right} has invalid components")
         if trie_ok < 0:
             raise CorruptBrainError("trie capacity too small for the payloads")
+
+    cdef tuple _load_node_side(self, nodes, bytes arena, bint find_right):
+        """Loading (either format): the node records, their index (refusing repeats), their right
+        components when the records lack them, and the trie. Returns the first repeated node,
+        the first node with invalid components (NONE each if none) and trie_build's answer."""
+        cdef GraphC* g = &self.g
+        cdef uint32_t dup_node, bad_right = NONE
+        cdef int trie_ok
+        self._load_nodes(nodes, arena)
+        with nogil:
+            dup_node = rebuild_index(g, 0)
+            if find_right and dup_node == NONE:
+                bad_right = _find_right_components(g)
+            trie_ok = trie_build(g) if dup_node == NONE else 0
+        return dup_node, bad_right, trie_ok
 
     cdef _load_arrays(self, nodes, bytes arena, ctxs, edges, dict capacities, crcs, release):
         cdef GraphC* g = &self.g
@@ -1903,13 +1910,9 @@ cdef class Core:
             self._decode_section("contexts", ctxs, CTX_DTYPE, nc, nn, crc_ctxs, release)
             if worker is None:
                 self._index_edges(edges_done, decoded, edges, nc, nn, crc_edges, release)
-            self._load_nodes(nodes, arena)
+            dup_node, bad_right, trie_ok = self._load_node_side(nodes, arena, find_right)
             with nogil:
-                dup_node = rebuild_index(g, 0)
-                if find_right and dup_node == NONE:
-                    bad_right = _find_right_components(g)
                 dup_ctx = rebuild_index(g, 1)
-                trie_ok = trie_build(g) if dup_node == NONE else 0
             decoded.wait()
             if edges_done[0] == NONE:
                 with nogil:

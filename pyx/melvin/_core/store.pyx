@@ -813,8 +813,9 @@ cdef void cats_free(GraphC* g) noexcept nogil:
 
 
 # ---- Brains used in place (format 4): their contexts, edges and two indexes come from the file
-# as the core holds them, so each invariant the loader would have built is checked instead. Every
-# pass reads its array in order and prefetches its one random read 16 items ahead.
+# as the core holds them, so each invariant the loader would have built is checked instead, in
+# passes in order over the arrays (mapped_order numbers them so), except the edge index's
+# lookups, prefetched VERIFY_AHEAD edges ahead.
 
 cdef enum:
     VERIFY_AHEAD = 16                     # items between a slot's prefetch and its probe
@@ -961,18 +962,14 @@ cdef void mapped_order(GraphC* g, uint32_t* ctx_order, uint32_t* ctx_rank, uint3
 
 cdef void mapped_edge_index(GraphC* g, const uint32_t* order, const uint32_t* ctx_rank,
                             uint32_t* slots) noexcept nogil:
-    cdef uint64_t cap = g.edge_ix.capacity, h, i
-    cdef uint32_t j, mask = ix_mask(cap)
+    cdef IndexC ix                        # the same capacity, into the caller's slots
+    cdef uint32_t j
     cdef EdgeC* ed
-    memset(slots, 0, cap * sizeof(uint32_t))
+    ix.slots = slots
+    ix.capacity = g.edge_ix.capacity
+    ix.filled = 0
+    memset(slots, 0, ix.capacity * sizeof(uint32_t))
     for j in range(g.n_edges):
         ed = &g.edges[order[j]]
-        if g.ctxs[ed.ctx].distinct < 2:
-            continue
-        h = edge_hash(ctx_rank[ed.ctx], ed.dst)
-        i = fastrange(h, cap)
-        while slots[i]:
-            i += 1
-            if i == cap:
-                i = 0
-        slots[i] = ix_slot(h, j, mask)
+        if g.ctxs[ed.ctx].distinct >= 2:  # (a sole edge is not indexed)
+            _ix_put(&ix, edge_hash(ctx_rank[ed.ctx], ed.dst), j)
