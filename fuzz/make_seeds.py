@@ -115,9 +115,31 @@ def brains(lines):
 
 
 def load_seeds(lines):
+    from melvin._core.store import crowd_limit
     for name, buf in brains(lines):
         write("load", f"seed-{name}", buf)
         write("load", f"seed-v4-{name}", persist.dumps(persist.loads(buf), mapped=True))
+        if name == "ports":
+            # every context key starting its probe at slot 0: refused as crowded, unless mutated
+            crowded = crowded_keys(buf)
+            write("load", f"seed-crowded-{name}", crowded)
+            with crowd_limit(None):
+                write("load", f"seed-v4-crowded-{name}",
+                      persist.dumps(persist.loads(crowded), mapped=True))
+
+
+def crowded_keys(buf: bytes) -> bytes:
+    """The brain with its context keys replaced by 1, 2, 3 ... (checksums repaired)."""
+    from melvin._core.core import CTX_DTYPE
+    import numpy as np
+    _, _, count = targets._HEAD.unpack_from(buf, 0)
+    for i in range(count):
+        at = targets._HEAD.size + i * targets._ENTRY.size
+        raw, offset, length, _, _ = targets._ENTRY.unpack_from(buf, at)
+        if raw.rstrip(b"\0") == b"contexts":
+            keys = np.arange(1, length // CTX_DTYPE.itemsize + 1, dtype="<u8").tobytes()
+            return targets.repair_checksums(buf[:offset] + keys + buf[offset + length:])
+    raise ValueError("no contexts section")
 
 
 def inputs_seeds(lines):

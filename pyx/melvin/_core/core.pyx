@@ -27,7 +27,8 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore, verify_lists,
                                  verify_context_index, verify_edge_index, index_filled,
-                                 mapped_order, mapped_edge_index, ix_mask, ix_value)
+                                 mapped_order, mapped_edge_index, ix_mask, ix_value, IX_CROWDED,
+                                 IX_CROWDED_FILLED)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
                                  add_port, absorb, feed_traced, feed_bridge, prob_of, score_episode, prune_to, trim_to, compact_bytes,
@@ -176,6 +177,25 @@ cdef extern from *:
     }
     """
     uint64_t atomic_take "melvin_take"(uint64_t* p) noexcept nogil
+
+
+def _refuse_crowded(str what):
+    raise CorruptBrainError(f"{what} index is crowded: its items share slots far beyond chance "
+                            "(crafted keys would make loading and lookups take quadratic time)")
+
+
+cdef _refuse_node_side(uint32_t dup_node, uint32_t bad_right, int trie_ok):
+    """Loading (either format): raise for what _load_node_side found wrong, if anything."""
+    if dup_node == IX_CROWDED:
+        _refuse_crowded("node")
+    if dup_node != NONE:
+        raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
+    if bad_right != NONE:
+        raise CorruptBrainError(f"node {bad_right} has invalid components")
+    if trie_ok == -2:
+        _refuse_crowded("trie")
+    if trie_ok < 0:
+        raise CorruptBrainError("trie capacity too small for the payloads")
 
 
 cdef uint32_t _share_edge_index(GraphC* g, uint64_t* next_chunk, uint64_t* found,
@@ -1772,7 +1792,7 @@ cdef class Core:
                 scanned.set()
             with nogil:
                 bad_ctx = verify_lists(g, nn)
-                if shared[1] != <uint64_t>-1:
+                if shared[1] < IX_CROWDED_FILLED:
                     bad_ix = _share_edge_index(g, &shared[0], &found, chunk)
             out.extend((bad_ctx, bad_ix, found))
         except BaseException as exc:      # (on the second thread nothing else would see it)
@@ -1837,7 +1857,7 @@ cdef class Core:
                 bad_ctx_ix = verify_context_index(g)
             dup_node, bad_right, trie_ok = self._load_node_side(nodes, arena, True)
             scanned.wait()
-            if shared[1] != <uint64_t>-1:
+            if shared[1] < IX_CROWDED_FILLED:
                 with nogil:
                     bad_ix = _share_edge_index(g, &shared[0], &found, chunk)
         finally:
@@ -1846,20 +1866,20 @@ cdef class Core:
         if isinstance(edges_done[0], BaseException):
             raise edges_done[0]
         bad_ix = min(bad_ix, edges_done[1])      # the first: see _share_edge_index
-        for what, bad in (("successor list of context", edges_done[0]),
-                          ("edge index entry of edge", bad_ix),
-                          ("context index entry of context", bad_ctx_ix)):
-            if bad != NONE:
-                raise CorruptBrainError(f"{what} {bad} is invalid")
+        if edges_done[0] != NONE:
+            raise CorruptBrainError(f"successor list of context {edges_done[0]} is invalid")
+        if shared[1] == IX_CROWDED_FILLED:
+            _refuse_crowded("edge")
+        if bad_ix != NONE:
+            raise CorruptBrainError(f"edge index entry of edge {bad_ix} is invalid")
+        if bad_ctx_ix == IX_CROWDED:
+            _refuse_crowded("context")
+        if bad_ctx_ix != NONE:
+            raise CorruptBrainError(f"context index entry of context {bad_ctx_ix} is invalid")
         if shared[1] == <uint64_t>-1 or shared[1] != found + edges_done[2]:
             raise CorruptBrainError("edge index is invalid")
         g.edge_ix.filled = shared[1]
-        if dup_node != NONE:
-            raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
-        if bad_right != NONE:
-            raise CorruptBrainError(f"node {bad_right} has invalid components")
-        if trie_ok < 0:
-            raise CorruptBrainError("trie capacity too small for the payloads")
+        _refuse_node_side(dup_node, bad_right, trie_ok)
 
     cdef tuple _load_node_side(self, nodes, bytes arena, bint find_right):
         """Loading (either format): the node records, their index (refusing repeats), their right
@@ -1924,13 +1944,12 @@ cdef class Core:
             raise edges_done[0]
         if edges_done[0] != NONE:
             raise CorruptBrainError(f"edge {edges_done[0]} is invalid")
-        if dup_node != NONE:
-            raise CorruptBrainError(f"node {dup_node} repeats an earlier node's pattern")
-        if bad_right != NONE:
-            raise CorruptBrainError(f"node {bad_right} has invalid components")
+        _refuse_node_side(dup_node, bad_right, trie_ok)
+        if dup_ctx == IX_CROWDED:
+            _refuse_crowded("context")
         if dup_ctx != NONE:
             raise CorruptBrainError(f"context {dup_ctx} repeats an earlier context's key")
+        if edges_done[1] == IX_CROWDED:
+            _refuse_crowded("edge")
         if edges_done[1] != NONE:
             raise CorruptBrainError(f"edge {edges_done[1]} repeats an earlier edge")
-        if trie_ok < 0:
-            raise CorruptBrainError("trie capacity too small for the payloads")

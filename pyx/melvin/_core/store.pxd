@@ -106,7 +106,7 @@ cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil
 # Walks/extends the trie along the node's payload; needs reserve_trie(len + 1) first.
 cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil
 # Loading: every node's payload into the empty trie, aggregates included; -1 (trie partial) if a
-# new state would exceed the allocated capacity of the trie or its index.
+# new state would exceed the allocated capacity of the trie or its index, -2 if its index crowds.
 cdef int trie_build(GraphC* g) noexcept nogil
 # Recompute every state's aggregate from the node counts.
 cdef void trie_sum_aggregates(GraphC* g) noexcept nogil
@@ -128,11 +128,22 @@ cdef void link_edge_lists(GraphC* g) noexcept nogil
 cdef uint32_t rebuild_edge_index(GraphC* g, const uint64_t* multi) noexcept nogil
 # out[c] = ctx_find(g, key of src[c]) for c < n, with the cache misses overlapped (merge, check).
 cdef void ctx_find_many(GraphC* g, const CtxC* src, uint32_t n, uint32_t* out) noexcept nogil
+# Loading refuses an index whose items crowd into runs far longer than hashing gives (see
+# store.pyx, "Crowded indexes"): rebuild_index and rebuild_edge_index return IX_CROWDED,
+# trie_build -2, index_filled IX_CROWDED_FILLED, verify_context_index IX_CROWDED.
+cdef extern from *:
+    """
+    #define MELVIN_IX_CROWDED 0xFFFFFFFDu
+    #define MELVIN_IX_CROWDED_FILLED 0xFFFFFFFFFFFFFFFEull
+    """
+    const uint32_t IX_CROWDED "MELVIN_IX_CROWDED"
+    const uint64_t IX_CROWDED_FILLED "MELVIN_IX_CROWDED_FILLED"
 # Loading a brain used in place (format 4): its lists and indexes checked instead of rebuilt.
 # Each returns NONE if all is well (see store.pyx for what else).
 cdef uint32_t verify_lists(GraphC* g, uint32_t nn) noexcept nogil
 cdef uint32_t verify_context_index(GraphC* g) noexcept nogil
-# Occupied slots, each naming an item below n, in an index at most 3/4 full; else 2**64-1.
+# Occupied slots, each naming an item below n, in an index at most 3/4 full and not crowded;
+# else 2**64-1 (IX_CROWDED_FILLED if crowded).
 cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil
 # Needs index_filled(edge index) checked first; found counts the indexed edges met.
 cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
@@ -270,8 +281,11 @@ cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept n
             i = 0
 
 
-cdef inline uint32_t _trie_probe(GraphC* g, uint64_t h, uint32_t parent, uint8_t byte) noexcept nogil:
-    """The state under `parent` for `byte`, whose prefix key is h (NONE if none)."""
+cdef inline uint32_t _trie_probe(GraphC* g, uint64_t h, uint32_t parent, uint8_t byte,
+                                 uint64_t* passed) noexcept nogil:
+    """The state under `parent` for `byte`, whose prefix key is h (NONE if none). Adds the
+    occupied slots passed to *passed (loading bounds them; elsewhere a local nobody reads,
+    which the compiler drops)."""
     cdef uint64_t cap = g.trie_ix.capacity
     if cap == 0:
         return NONE
@@ -287,31 +301,35 @@ cdef inline uint32_t _trie_probe(GraphC* g, uint64_t h, uint32_t parent, uint8_t
             t = &g.trie[v]
             if t.parent == parent and t.byte == byte:
                 return v
+        passed[0] += 1
         i += 1
         if i == cap:
             i = 0
 
 
 cdef inline uint32_t trie_child(GraphC* g, uint32_t state, uint8_t byte) noexcept nogil:
-    return _trie_probe(g, trie_key(trie_roll(g.trie[state].hash, byte)), state, byte)
+    cdef uint64_t passed = 0
+    return _trie_probe(g, trie_key(trie_roll(g.trie[state].hash, byte)), state, byte, &passed)
 
 
 # The child of a trie state for a byte (NONE if none). A state with one child: reading it is one
 # cache miss where the index costs two (slot, then record), and a leaf needs no probe at all. A
 # branching state's first child is rarely the one wanted (the newest: 5.5% of branching steps of
 # the greedy walk on big.txt), so the index is asked at once.
-cdef inline uint32_t _trie_step_keyed(GraphC* g, uint32_t state, uint8_t byte, uint64_t key) noexcept nogil:
-    """trie_step, given the child's index key."""
+cdef inline uint32_t _trie_step_keyed(GraphC* g, uint32_t state, uint8_t byte, uint64_t key,
+                                      uint64_t* passed) noexcept nogil:
+    """trie_step, given the child's index key (passed: see _trie_probe)."""
     cdef uint32_t child = g.trie[state].first_child
     if child == NONE:
         return NONE
     if g.trie[state].branching:
-        return _trie_probe(g, key, state, byte)
+        return _trie_probe(g, key, state, byte, passed)
     return child if g.trie[child].byte == byte else NONE
 
 
 cdef inline uint32_t trie_step(GraphC* g, uint32_t state, uint8_t byte) noexcept nogil:
-    return _trie_step_keyed(g, state, byte, trie_key(trie_roll(g.trie[state].hash, byte)))
+    cdef uint64_t passed = 0
+    return _trie_step_keyed(g, state, byte, trie_key(trie_roll(g.trie[state].hash, byte)), &passed)
 
 
 cdef enum:
@@ -330,6 +348,7 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
     cdef size_t j, k, ahead = 0
     cdef size_t limit = n if n < g.max_payload else g.max_payload
     cdef uint64_t keys[WALK_AHEAD]
+    cdef uint64_t passed = 0
     length[0] = 0
     if state == NONE:
         return NONE
@@ -349,7 +368,7 @@ cdef inline uint32_t match_longest(GraphC* g, uint8_t port, const uint8_t* data,
         if state == 0 and port == 0:
             state = 1 + data[j]          # text-port bytes: states 1..256 are laid out at init
         else:
-            state = _trie_step_keyed(g, state, data[j], keys[j + WALK_AHEAD - ahead])
+            state = _trie_step_keyed(g, state, data[j], keys[j + WALK_AHEAD - ahead], &passed)
             if state == NONE:
                 break
         if g.trie[state].node != NONE:

@@ -101,15 +101,18 @@ cdef inline bint _ix_skip(GraphC* g, int kind, uint32_t v, const uint64_t* multi
     return g.ctxs[g.edges[v].ctx].distinct < 2
 
 
-cdef inline void _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
-    cdef uint64_t cap = ix.capacity
+cdef inline uint64_t _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
+    """Index v under h; returns how many occupied slots the probe passed."""
+    cdef uint64_t cap = ix.capacity, passed = 0
     cdef uint64_t i = fastrange(h, cap)
     while ix.slots[i] != 0:
+        passed += 1
         i += 1
         if i == cap:
             i = 0
     ix.slots[i] = ix_slot(h, v, ix_mask(cap))
     ix.filled += 1
+    return passed
 
 
 cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
@@ -138,9 +141,11 @@ cdef inline bint _ix_same(GraphC* g, int kind, uint32_t a, uint32_t b) noexcept 
     return g.edges[a].ctx == g.edges[b].ctx and g.edges[a].dst == g.edges[b].dst
 
 
-cdef inline bint _ix_put_new(GraphC* g, IndexC* ix, int kind, uint64_t h, uint32_t v) noexcept nogil:
+cdef inline bint _ix_put_new(GraphC* g, IndexC* ix, int kind, uint64_t h, uint32_t v,
+                             uint64_t* passed) noexcept nogil:
     """_ix_put, unless an item with v's identity is indexed already (then True, v not put): the
-    probe passes every slot such an item could occupy, and reads a record only on a tag match."""
+    probe passes every slot such an item could occupy, and reads a record only on a tag match.
+    Adds the occupied slots passed to *passed."""
     cdef uint64_t cap = ix.capacity
     cdef uint64_t i = fastrange(h, cap)
     cdef uint32_t s, mask = ix_mask(cap)
@@ -150,12 +155,58 @@ cdef inline bint _ix_put_new(GraphC* g, IndexC* ix, int kind, uint64_t h, uint32
             break
         if ix_tag_matches(s, h, mask) and _ix_same(g, kind, ix_value(s, mask), v):
             return True
+        passed[0] += 1
         i += 1
         if i == cap:
             i = 0
     ix.slots[i] = ix_slot(h, v, mask)
     ix.filled += 1
     return False
+
+
+# Crowded indexes. A probe passes the run of occupied slots it starts in, so that run's length
+# is its cost. Hashes spread items evenly: in an index 3/4 full (the most any gets) a lookup
+# that misses passes ~7.5 slots on average. But a brain file's item hashes are whatever its
+# writer chose (any 8 bytes are a context key, and ids pick edge hashes): items that share one
+# home slot make a run as long as the index, so inserting them takes quadratic time (format 3
+# loads rebuild their indexes; format 4's checks walk the same paths); items each at a home of
+# its own next to the last make no insert slow but every later miss that starts in the run as
+# slow as the run is long. Loading refuses both: an index whose mean miss cost over all the
+# slots a probe can start at exceeds CROWD_MEAN, and an insert as soon as the slots passed so far
+# exceed what such an index could hold (sum of L(L+1)/2 over runs of L bounds the passes too).
+cdef uint64_t CROWD_MEAN = 32
+cdef uint64_t CROWD_SLACK = 1 << 16       # small indexes: chance runs of a few hundred slots
+
+
+class crowd_limit:
+    """Test hook (tests, fuzzers), a context manager: while it holds, loading allows a mean miss
+    cost of `mean` (None: any, to write crowded brains) and `slack` slots more. The setting
+    before it is restored on exit."""
+
+    def __init__(self, mean, slack=0):
+        self.mean = (1 << 32) if mean is None else int(mean)
+        self.slack = int(slack)
+
+    def __enter__(self):
+        global CROWD_MEAN, CROWD_SLACK
+        self.old = (CROWD_MEAN, CROWD_SLACK)
+        CROWD_MEAN, CROWD_SLACK = self.mean, self.slack
+        return self
+
+    def __exit__(self, *exc):
+        global CROWD_MEAN, CROWD_SLACK
+        CROWD_MEAN, CROWD_SLACK = self.old
+        return False
+
+
+cdef inline uint64_t crowd_bound(uint64_t capacity) noexcept nogil:
+    if CROWD_MEAN > 0xFFFFFFFFu:
+        return <uint64_t>-1
+    return CROWD_MEAN * capacity + CROWD_SLACK
+
+
+cdef inline bint ix_crowded(IndexC* ix) noexcept nogil:
+    return index_filled(ix, NONE) == IX_CROWDED_FILLED
 
 
 # Indexes of at least this many items are filled by partition (_ix_fill_partitioned); each
@@ -202,6 +253,7 @@ cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint 
     kept beside them, so a record is read only when 17 hash bits match (a slot's tag has as few
     as 6). Sets *found like _ix_fill's result; returns -1 (nothing written) without scratch."""
     cdef uint64_t cap = ix.capacity, h, i, base, zeroed = 0, spill = 0, k, end
+    cdef uint64_t passed = 0, bound = crowd_bound(cap) if unique else <uint64_t>-1
     cdef uint32_t mask = ix_mask(cap), shift = _part_shift
     while ((1u << shift) - 1) & ~mask:    # the offset bits must lie below the tag bits
         shift -= 1
@@ -283,6 +335,10 @@ cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint 
                         if _ix_same(g, kind, ix_value(s, mask), v):
                             found[0] = v
                             break
+                passed += 1
+                if passed > bound:
+                    found[0] = IX_CROWDED
+                    break
                 i += 1
                 if i == cap:
                     i = 0
@@ -323,11 +379,13 @@ cdef inline uint64_t _ix_zero_to(IndexC* ix, uint64_t zeroed, uint64_t end) noex
 
 cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=False,
                        const uint64_t* multi=NULL) noexcept nogil:
-    """Index items 0..n-1 of a kind afresh. With unique (nodes, contexts, edges), stop at the first
-    item whose identity an earlier one has and return it; else NONE."""
+    """Index items 0..n-1 of a kind afresh. With unique (loading: nodes, contexts, edges), stop at
+    the first item whose identity an earlier one has and return it, or return IX_CROWDED if the
+    items crowd (see "Crowded indexes"); else NONE."""
     cdef uint32_t v, j
     cdef uint64_t ring[16]
     cdef uint64_t* own = NULL
+    cdef uint64_t passed = 0, bound = crowd_bound(ix.capacity)
     cdef int rc
     ix.filled = 0
     if ix.capacity == 0:
@@ -341,7 +399,7 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
             free(own)
             multi = NULL                  # (the caller's bitmap, if any, stays in use)
         if rc == 0:
-            return v
+            return IX_CROWDED if v == NONE and unique and ix_crowded(ix) else v
     memset(ix.slots, 0, ix.capacity * sizeof(uint32_t))
     # Pipelined: the slot of item v+16 is prefetched while item v is inserted.
     for v in range(n if n < 16 else 16):
@@ -352,14 +410,16 @@ cdef uint32_t _ix_fill(GraphC* g, IndexC* ix, int kind, uint32_t n, bint unique=
         if _ix_skip(g, kind, v, multi):
             pass
         elif unique:
-            if _ix_put_new(g, ix, kind, ring[j], v):
+            if _ix_put_new(g, ix, kind, ring[j], v, &passed):
                 return v
+            if passed > bound:
+                return IX_CROWDED
         elif not (kind == 3 and g.trie[v].parent == NONE):   # roots are nobody's children
             _ix_put(ix, ring[j], v)
         if v + 16 < n:
             ring[j] = _ix_hash(g, kind, v + 16)
             prefetch(&ix.slots[fastrange(ring[j], ix.capacity)])
-    return NONE
+    return IX_CROWDED if unique and ix_crowded(ix) else NONE
 
 
 cdef uint64_t* _multi_successors(GraphC* g) noexcept nogil:
@@ -507,7 +567,8 @@ cdef uint32_t append_edge(GraphC* g, uint32_t ctx, uint32_t dst) noexcept nogil:
     return e
 
 
-cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint8_t byte) noexcept nogil:
+cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint8_t byte, uint64_t* passed) noexcept nogil:
+    """A new state (passed: see _trie_probe)."""
     cdef uint32_t s = g.n_trie
     g.trie[s].parent = parent
     g.trie[s].byte = byte
@@ -521,7 +582,7 @@ cdef uint32_t _trie_new(GraphC* g, uint32_t parent, uint8_t byte) noexcept nogil
         g.trie[s].hash = trie_root_hash(byte)     # a root: the empty prefix of port `byte`
     else:
         g.trie[s].hash = trie_roll(g.trie[parent].hash, byte)
-        _ix_put(&g.trie_ix, trie_key(g.trie[s].hash), s)
+        passed[0] += _ix_put(&g.trie_ix, trie_key(g.trie[s].hash), s)
         if g.trie[parent].first_child != NONE:
             g.trie[parent].branching = 1
         g.trie[s].next_sibling = g.trie[parent].first_child
@@ -534,6 +595,7 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
     cdef const uint8_t* p = g.arena + n.payload_off
     cdef uint32_t state, child, j
     cdef uint32_t weight = n.count + 1
+    cdef uint64_t passed = 0
     n.state = NONE
     if n.payload_len == 0:
         if node != STOP:
@@ -541,13 +603,13 @@ cdef void trie_insert_node(GraphC* g, uint32_t node) noexcept nogil:
         return
     state = g.port_root[n.port]
     if state == NONE:
-        state = _trie_new(g, NONE, n.port)
+        state = _trie_new(g, NONE, n.port, &passed)
         g.port_root[n.port] = state
     g.trie[state].agg += weight
     for j in range(n.payload_len):
         child = trie_step(g, state, p[j])
         if child == NONE:
-            child = _trie_new(g, state, p[j])
+            child = _trie_new(g, state, p[j], &passed)
         state = child
         g.trie[state].agg += weight
     g.trie[state].node = node
@@ -560,9 +622,11 @@ cdef int trie_build(GraphC* g) noexcept nogil:
     A payload that extends its left component's (components come first) starts at that state
     instead of the root: the shared prefix costs no probe, which halves the trie's share of
     loading a big brain. -1 (trie partial) if a state would exceed the allocated capacity of the
-    trie or of its index. The states, their order and the aggregates are those that inserting the
-    nodes one by one would give."""
+    trie or of its index, -2 if the states crowd its index (see "Crowded indexes": the slots that
+    lookups pass are bounded too, at CROWD_MEAN per lookup). The states, their order and the
+    aggregates are those that inserting the nodes one by one would give."""
     cdef uint32_t v, j, start, state, child, s
+    cdef uint64_t passed = 0, lookups = 0, bound = crowd_bound(g.trie_ix.capacity)
     cdef NodeC* n
     cdef NodeC* l
     cdef const uint8_t* p
@@ -587,17 +651,23 @@ cdef int trie_build(GraphC* g) noexcept nogil:
             if state == NONE:
                 if g.n_trie >= g.cap_trie:
                     return -1
-                state = _trie_new(g, NONE, n.port)
+                state = _trie_new(g, NONE, n.port, &passed)
                 g.port_root[n.port] = state
         for j in range(start, n.payload_len):
-            child = trie_step(g, state, p[j])
+            child = _trie_step_keyed(g, state, p[j], trie_key(trie_roll(g.trie[state].hash, p[j])),
+                                     &passed)
             if child == NONE:
                 if g.n_trie >= g.cap_trie or (g.trie_ix.filled + 2) * 4 > g.trie_ix.capacity * 3 + 4:
                     return -1
-                child = _trie_new(g, state, p[j])
+                child = _trie_new(g, state, p[j], &passed)
             state = child
+        lookups += n.payload_len - start
+        if bound != <uint64_t>-1 and passed > bound + CROWD_MEAN * lookups:
+            return -2
         g.trie[state].node = v
         n.state = state
+    if ix_crowded(&g.trie_ix):
+        return -2
     trie_sum_aggregates(g)
     return 0
 
@@ -855,15 +925,69 @@ cdef uint32_t verify_lists(GraphC* g, uint32_t nn) noexcept nogil:
 
 cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
     """Occupied slots of an index, each naming a position below n; 2**64-1 if one does not, or if
-    the index is over 3/4 full (lookups stop only at an empty slot)."""
-    cdef uint64_t i, filled = 0
-    cdef uint32_t s, bad = 0, mask = ix_mask(ix.capacity)
-    for i in range(ix.capacity):          # branch-free: about half the slots are empty, at random
-        s = ix.slots[i]
-        filled += s != 0
-        bad |= (s != 0) & (ix_value(s, mask) >= n)
-    if bad or filled * 4 > ix.capacity * 3:
+    the index is over 3/4 full (lookups stop only at an empty slot); IX_CROWDED_FILLED if it
+    is crowded: over every slot, the occupied slots a probe starting there passes (L(L+1)/2 for
+    a run of L, one that wraps around the end counted whole) exceed crowd_bound.
+    The slots are read as four stripes at once, each with its own run: a run's length depends
+    on the last, so one stripe alone waits on itself and on memory (a 14M-slot index: 38 ms
+    as one stripe, 14 ms as four). Then the stripes' runs are joined."""
+    cdef uint64_t cap = ix.capacity, q = cap // 4, i, k, filled = 0, cost = 0, carry = 0, size
+    cdef uint64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0, o0, o1, o2, o3
+    cdef uint64_t start[5]
+    cdef uint64_t lead[4]
+    cdef uint64_t tail[4]
+    cdef uint32_t a, b, c, d, bad = 0, mask = ix_mask(cap)
+    cdef const uint32_t* slots = ix.slots
+    if cap == 0:
+        return 0
+    for k in range(4):
+        start[k] = k * q
+    start[4] = cap                        # the last stripe takes the remainder
+    for i in range(q):                    # branch-free: about half the slots are empty, at random
+        a = slots[i]
+        b = slots[q + i]
+        c = slots[2 * q + i]
+        d = slots[3 * q + i]
+        o0 = a != 0
+        o1 = b != 0
+        o2 = c != 0
+        o3 = d != 0
+        filled += o0 + o1 + o2 + o3
+        bad |= (ix_value(a, mask) >= n) & o0 | (ix_value(b, mask) >= n) & o1 | \
+            (ix_value(c, mask) >= n) & o2 | (ix_value(d, mask) >= n) & o3
+        r0 = (r0 + 1) & (0 - o0)
+        r1 = (r1 + 1) & (0 - o1)
+        r2 = (r2 + 1) & (0 - o2)
+        r3 = (r3 + 1) & (0 - o3)
+        cost += r0 + r1 + r2 + r3
+    for i in range(4 * q, cap):
+        a = slots[i]
+        o3 = a != 0
+        filled += o3
+        bad |= (ix_value(a, mask) >= n) & o3
+        r3 = (r3 + 1) & (0 - o3)
+        cost += r3
+    if bad or filled * 4 > cap * 3:
         return <uint64_t>-1
+    tail[0] = r0
+    tail[1] = r1
+    tail[2] = r2
+    tail[3] = r3
+    # Each stripe counted its runs from its own start: a run that goes on from the stripe before
+    # (carry slots long) adds carry to each of its slots in this one.
+    for k in range(4):
+        size = start[k + 1] - start[k]
+        lead[k] = 0
+        while lead[k] < size and slots[start[k] + lead[k]]:
+            lead[k] += 1
+        cost += carry * lead[k]
+        carry = carry + size if lead[k] == size else tail[k]
+    i = 0                                 # the last run goes on into the first (an empty slot exists)
+    while slots[i]:
+        i += 1
+    cost += carry * i
+    if cost > crowd_bound(cap):
+        return IX_CROWDED_FILLED
     return filled
 
 
@@ -872,13 +996,16 @@ cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
     one pass in order over both: occupied slot number k names context k with its key's tag, its
     probe from the key's home slot meets no empty slot, and no entry of the same key is on that
     path (a lookup would stop there). Then each context is found as itself and the index holds
-    nothing else. Returns the first context that is not, nc for a damaged index, or NONE."""
+    nothing else. Returns the first context that is not, nc for a damaged index, IX_CROWDED for
+    a crowded one (whose paths would take quadratic time to check), or NONE."""
     cdef uint32_t nc = g.n_ctxs, k = 0, s, mask = ix_mask(g.ctx_ix.capacity)
     cdef uint64_t cap = g.ctx_ix.capacity, filled = index_filled(&g.ctx_ix, nc)
     cdef uint64_t i, h, p, path, tail
     cdef int64_t last_empty = -1          # the last empty slot before i
     cdef uint64_t key
     cdef const uint32_t* slots = g.ctx_ix.slots
+    if filled == IX_CROWDED_FILLED:
+        return IX_CROWDED
     if filled == <uint64_t>-1 or filled != nc or (cap == 0 and nc):
         return nc
     if nc == 0:

@@ -1,0 +1,97 @@
+"""Brain files whose items crowd their index into long probe runs. Any 8 bytes are a context key,
+so a file can hold keys that all start their probe at one slot (inserting them takes quadratic
+time) or that sit each at a home of its own next to the last (one run as long as the index, which
+every later miss starting in it walks). Loading refuses both, in both formats, with a
+CorruptBrainError that says so."""
+import json
+
+import numpy as np
+import pytest
+
+import brainfile
+import melvin
+from melvin._core.core import CTX_DTYPE
+from melvin._core.store import crowd_limit, partitioned_fills
+from melvin.persist import dumps, loads
+
+
+@pytest.fixture(scope="module")
+def brain(wiki_lines):
+    return brainfile.sample_brain(wiki_lines)
+
+
+def _capacity(buf):
+    return json.loads(brainfile.split(buf)["meta"])["capacities"]["context_index"]
+
+
+def _same_home(n, cap):
+    """Keys 1..n: fastrange puts every one at slot 0."""
+    return np.arange(1, n + 1, dtype=np.uint64)
+
+
+def _own_homes(n, cap):
+    """The smallest key whose home is slot i, for i < n: each at its own home, one run of n."""
+    return np.array([(i * 2**64 + cap - 1) // cap for i in range(n)], dtype=np.uint64)
+
+
+def _crafted(brain, keys):
+    buf = dumps(brain)
+    cap = _capacity(buf)
+
+    def edit(a):
+        a["key"][:] = keys(len(a), cap)
+    return brainfile.records(buf, "contexts", CTX_DTYPE, edit)
+
+
+@pytest.mark.parametrize("keys", [_same_home, _own_homes])
+@pytest.mark.parametrize("partitioned", [False, True], ids=["filled", "partitioned"])
+def test_crowded_context_keys_are_refused(brain, keys, partitioned):
+    buf = _crafted(brain, keys)
+    if partitioned:                       # as big brains fill their indexes
+        with partitioned_fills(), pytest.raises(melvin.CorruptBrainError,
+                                                match="context index is crowded"):
+            loads(buf)
+    else:
+        with pytest.raises(melvin.CorruptBrainError, match="context index is crowded"):
+            loads(buf)
+
+
+@pytest.mark.parametrize("keys", [_same_home, _own_homes])
+def test_a_crowded_brain_is_otherwise_valid(brain, keys, tmp_path):
+    """Without the bound the crafted brain loads and is usable (so the refusal is the crowding,
+    not damage); saved in format 4, its stored index is refused as crowded too."""
+    buf = _crafted(brain, keys)
+    with crowd_limit(None):
+        g = loads(buf)
+        g.check()
+        assert g.stats()["contexts"] == brain.stats()["contexts"]
+        g.predict(b"The ", k=3)
+        path = tmp_path / "crowded.mlv"
+        g.save(path, mapped=True)
+        melvin.load(path).check()
+    for load in (lambda: melvin.load(path), lambda: loads(path.read_bytes())):
+        with pytest.raises(melvin.CorruptBrainError, match="context index is crowded"):
+            load()
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["v3", "v4"])
+def test_every_index_is_bounded(brain, mapped):
+    """With no room at all (bound 0), any index with an item is crowded: each loader reports it
+    (which index comes first is the loader's order of checks)."""
+    buf = dumps(brain, mapped=mapped)
+    loads(buf).check()
+    with crowd_limit(0), pytest.raises(melvin.CorruptBrainError,
+                                        match=r"(node|context|edge|trie) index is crowded"):
+        loads(buf)
+
+
+def test_legitimate_indexes_are_far_from_crowded(wiki_lines):
+    """Hashing keeps runs short: at 3/4 full (the most an index gets) a miss passes ~7.5 slots on
+    average, and simulated tables of 64 to 64K slots stayed under 16. A brain with indexes up to
+    3/4 full loads at half the allowed mean and no slack."""
+    g = melvin.Graph(melvin.Limits(max_memory="64M"), seed=3)
+    for line in wiki_lines[:2000]:
+        g.feed(line)
+    with crowd_limit(16):
+        loads(dumps(g)).check()
+        loads(dumps(g, mapped=True)).check()
