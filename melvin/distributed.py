@@ -1190,8 +1190,8 @@ def graph_budget(process_budget: int) -> int:
 def run_from_args(args) -> int:
     """Run distributed training for a parsed melvin.train command line (with add_arguments's
     options). Uses args.inputs, out, split, max_memory (per worker), graph_memory, max_episode,
-    seed, resume, limit_bytes, eval, eval_bytes, quiet, json. Prints the summary (JSON with --json)
-    and returns the exit code (0 ok, 1 error, 130 interrupted)."""
+    seed, resume, limit_bytes, eval, eval_bytes, mapped, quiet, json. Prints the summary (JSON
+    with --json) and returns the exit code (0 ok, 1 error, 130 interrupted)."""
     g = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     if g("workers") and g("scheduler"):
         print("melvin train: error: give --workers or --scheduler, not both", file=sys.stderr)
@@ -1263,6 +1263,11 @@ def run_from_args(args) -> int:
         if bar is not None:
             bar.close()
             bar = None
+        if g("mapped"):                   # (the merged brain, rewritten by this process)
+            import melvin
+            t0 = time.perf_counter()
+            melvin.load(out).save(out, mapped=True)
+            summary["mapped_seconds"] = round(time.perf_counter() - t0, 3)
         if not user_dir and not g("keep_shards"):
             shutil.rmtree(shard_dir, ignore_errors=True)
             summary["checkpoint_dir"] = None

@@ -35,6 +35,10 @@ commits it, so a kill at any moment leaves a brain that one of the two manifest 
 from its position; the result is byte-identical to an uninterrupted run with the same checkpoint
 schedule. A changed input (size or fingerprint) or a different input list is refused.
 
+The finished brain is written in the compact format 3, like the checkpoints, unless --mapped asks
+for format 4, which melvin.load uses in place instead of rebuilding its indexes (see the README's
+"Format 4"). With distributed training the merged brain is rewritten so by this process.
+
 Input bytes (for --checkpoint-every, --limit-bytes and the summary) are bytes of the decompressed
 text consumed, delimiters included; for XML dumps, bytes of the extracted article text. The
 progress bar counts bytes of the raw (possibly compressed) inputs, so its total and ETA are exact.
@@ -171,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="held-out text: report bits per byte (lines scored as in tools/bench.py)")
     ap.add_argument("--eval-bytes", type=_size_arg("--eval-bytes"), default=None,
                     help="score only the first N bytes of --eval FILE")
+    ap.add_argument("--mapped", action="store_true",
+                    help="write the finished brain in format 4, which melvin.load uses in place "
+                         "(a 1.18 GB graph starts in ~0.6 s instead of ~1.0 s; the file is ~2.3x "
+                         "larger); checkpoints stay in the compact format 3")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--json", action="store_true", help="final summary as JSON on stdout")
@@ -350,12 +358,13 @@ class Trainer:
         return pos
 
     def checkpoint(self, pos: dict, complete: bool = False):
-        if self._last_saved == pos and self.manifest.get("complete") == complete:
+        mapped = complete and getattr(self.args, "mapped", False)
+        if self._last_saved == pos and self.manifest.get("complete") == complete and not mapped:
             return
         t0 = time.perf_counter()
         self.manifest["pending"] = pos
         self._write_manifest()
-        self.graph.save(self.out)
+        self.graph.save(self.out, mapped=mapped)
         self.manifest["position"] = pos
         self.manifest["pending"] = None
         self.manifest["complete"] = complete

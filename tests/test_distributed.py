@@ -380,11 +380,13 @@ def test_cli_run_from_args(client, single, tmp_path, capsys):
     out = tmp_path / "cli.mlv"
     args = ap.parse_args([str(TRAIN), "--out", str(out), "--scheduler", client.scheduler.address,
                           "--shards", "3", "--graph-memory", "256M", "--limit-bytes", str(LIMIT),
-                          "--eval", str(HELDOUT), "--json", "--quiet"])
+                          "--eval", str(HELDOUT), "--json", "--quiet", "--mapped"])
     assert run_from_args(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["shards"] == 3 and summary["bits_per_byte"] > 0
     assert summary["checkpoint_dir"] is None and not os.path.exists(str(out) + ".shards")
-    melvin.load(out).check()
+    assert out.read_bytes()[8:12] == (4).to_bytes(4, "little") and summary["mapped_seconds"] >= 0
+    g = melvin.load(out)                     # --mapped: the merged brain in format 4, in place
+    assert g._core._mapped_tables() and g.check()
     args = ap.parse_args([str(TRAIN), "--out", str(out), "--workers", "2", "--scheduler", "x"])
     assert run_from_args(args) == 2

@@ -348,6 +348,28 @@ def test_resume_after_limit_is_byte_identical(long_input, tmp_path):
     assert s4["bytes"] == 0 and sha(out) == sha(full)
 
 
+def test_mapped_writes_the_finished_brain_in_format_4(corpus, reference, tmp_path):
+    """--mapped: the finished brain in format 4 (what convert --mapped makes of the compact one),
+    the checkpoints before it compact; a resume of a finished run rewrites it so."""
+    d, _ = corpus
+    ref, s_ref = reference
+    out = tmp_path / "m.mlv"
+    s = train_json(d / "plain.txt", "--out", out, "--graph-memory", "64M", "--mapped",
+                   "--checkpoint-every", "100K")
+    assert s["checkpoints"] > 2 and s["edges"] == s_ref["edges"]
+    assert out.read_bytes()[8:12] == (4).to_bytes(4, "little")
+    conv = tmp_path / "conv.mlv"
+    melvin.load(ref).save(conv, mapped=True)
+    assert sha(out) == sha(conv)
+    g = melvin.load(out)
+    assert g._core._mapped_tables() and g.check()
+    compact = tmp_path / "c.mlv"
+    compact.write_bytes(ref.read_bytes())
+    Path(str(compact) + ".manifest.json").write_bytes(Path(str(ref) + ".manifest.json").read_bytes())
+    s2 = train_json(d / "plain.txt", "--out", compact, "--resume", "--mapped")
+    assert s2["bytes"] == 0 and sha(compact) == sha(conv)
+
+
 def _wait_for(pred, timeout=60.0, proc=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
