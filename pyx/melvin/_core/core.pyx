@@ -179,7 +179,7 @@ cdef extern from *:
     uint64_t atomic_take "melvin_take"(uint64_t* p) noexcept nogil
 
 
-def _refuse_crowded(str what):
+cdef _refuse_crowded(str what):
     raise CorruptBrainError(f"{what} index is crowded: its items share slots far beyond chance "
                             "(crafted keys would make loading and lookups take quadratic time)")
 
