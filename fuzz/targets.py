@@ -474,9 +474,10 @@ def _load_from_file(buf: bytes):
 def _load_one(buf: bytes) -> None:
     from melvin._core.store import crowd_limit
     h = zlib.crc32(buf)
-    # By another bit, loading allows almost no probe runs (a slack of 0-4095 slots, no mean), so
-    # every index's refusal as crowded is reached, at any point of its fill or check.
-    tight = crowd_limit(0, (h >> 8) & 0xFFF) if h & 32 else contextlib.nullcontext()
+    # For an eighth of the inputs (three more bits), loading allows almost no probe runs (a slack
+    # of 0-4095 slots, no mean), so every index's refusal as crowded is reached, at any point of
+    # its fill or check; the other inputs go on to the paths behind a successful load.
+    tight = crowd_limit(0, (h >> 8) & 0xFFF) if h & 0xE0 == 0xE0 else contextlib.nullcontext()
     try:    # bytes are copied; a file is mapped (by a bit of the input's CRC)
         with tight:
             g = _load_from_file(buf) if h & 16 else persist.loads(buf)
