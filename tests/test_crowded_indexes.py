@@ -11,7 +11,7 @@ import pytest
 import brainfile
 import melvin
 from melvin._core.core import CTX_DTYPE
-from melvin._core.store import crowd_limit, partitioned_fills
+from melvin._core.store import _miss_cost, crowd_limit, partitioned_fills
 from melvin.persist import dumps, loads
 
 
@@ -95,3 +95,38 @@ def test_legitimate_indexes_are_far_from_crowded(wiki_lines):
     with crowd_limit(16):
         loads(dumps(g)).check()
         loads(dumps(g, mapped=True)).check()
+
+
+def _reference_miss_cost(occupied):
+    """Over every slot of a circular table, the occupied slots a probe starting there passes."""
+    cap = len(occupied)
+    cost = 0
+    for start in range(cap):
+        i = start
+        while occupied[i % cap]:
+            cost += 1
+            i += 1
+    return cost
+
+
+def test_the_miss_cost_scan_joins_its_stripes():
+    """The scan reads four stripes at once and joins their runs: runs that cross stripes, fill a
+    stripe whole, or wrap around the end count as a probe walks them."""
+    rng = np.random.default_rng(11)
+    tables = [np.zeros(0, np.uint32), np.zeros(5, np.uint32)]
+    for cap in list(range(1, 40)) + [63, 64, 65, 101, 128, 257]:
+        for density in (0.1, 0.4, 0.6, 0.75):
+            occ = rng.random(cap) < density
+            tables.append(np.where(occ, 1, 0).astype(np.uint32))
+        for first in range(0, cap, max(1, cap // 7)):       # one run, anywhere, wrapping
+            length = rng.integers(1, max(2, 3 * cap // 4 + 1))
+            occ = np.zeros(cap, bool)
+            occ[(first + np.arange(length)) % cap] = True
+            tables.append(occ.astype(np.uint32))
+    for slots in tables:
+        occupied = slots != 0
+        got = _miss_cost(slots)
+        if 4 * occupied.sum() > 3 * len(slots):
+            assert got is None
+        else:
+            assert got == (occupied.sum(), _reference_miss_cost(occupied)), slots

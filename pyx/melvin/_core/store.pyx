@@ -923,11 +923,11 @@ cdef uint32_t verify_lists(GraphC* g, uint32_t nn) noexcept nogil:
     return NONE if cursor == ne else nc
 
 
-cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
+cdef uint64_t _scan_slots(IndexC* ix, uint32_t n, uint64_t* miss_cost) noexcept nogil:
     """Occupied slots of an index, each naming a position below n; 2**64-1 if one does not, or if
-    the index is over 3/4 full (lookups stop only at an empty slot); IX_CROWDED_FILLED if it
-    is crowded: over every slot, the occupied slots a probe starting there passes (L(L+1)/2 for
-    a run of L, one that wraps around the end counted whole) exceed crowd_bound.
+    the index is over 3/4 full (lookups stop only at an empty slot). Else *miss_cost: over every
+    slot, the occupied slots a probe starting there passes (L(L+1)/2 for a run of L, one that
+    wraps around the end counted whole).
     The slots are read as four stripes at once, each with its own run: a run's length depends
     on the last, so one stripe alone waits on itself and on memory (a 14M-slot index: 38 ms
     as one stripe, 14 ms as four). Then the stripes' runs are joined."""
@@ -938,6 +938,7 @@ cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
     cdef uint64_t tail[4]
     cdef uint32_t a, b, c, d, bad = 0, mask = ix_mask(cap)
     cdef const uint32_t* slots = ix.slots
+    miss_cost[0] = 0
     if cap == 0:
         return 0
     for k in range(4):
@@ -985,10 +986,27 @@ cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
     i = 0                                 # the last run goes on into the first (an empty slot exists)
     while slots[i]:
         i += 1
-    cost += carry * i
-    if cost > crowd_bound(cap):
+    miss_cost[0] = cost + carry * i
+    return filled
+
+
+cdef uint64_t index_filled(IndexC* ix, uint32_t n) noexcept nogil:
+    cdef uint64_t cost
+    cdef uint64_t filled = _scan_slots(ix, n, &cost)
+    if filled != <uint64_t>-1 and cost > crowd_bound(ix.capacity):
         return IX_CROWDED_FILLED
     return filled
+
+
+def _miss_cost(const uint32_t[::1] slots):
+    """Tests: _scan_slots of these slots as an index (occupied, miss cost; None if over 3/4)."""
+    cdef IndexC ix
+    cdef uint64_t cost, filled
+    ix.slots = <uint32_t*>&slots[0] if slots.shape[0] else NULL
+    ix.capacity = slots.shape[0]
+    ix.filled = 0
+    filled = _scan_slots(&ix, NONE, &cost)
+    return None if filled == <uint64_t>-1 else (filled, cost)
 
 
 cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
