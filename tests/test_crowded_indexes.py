@@ -1,8 +1,8 @@
 """Brain files whose items crowd their index into long probe runs. Any 8 bytes are a context key,
 so a file can hold keys that all start their probe at one slot (inserting them takes quadratic
 time) or that sit each at a home of its own next to the last (one run as long as the index, which
-every later miss starting in it walks). Loading refuses both, in both formats, with a
-CorruptBrainError that says so."""
+every later miss starting in it walks); edge ids likewise pick edge hashes. Loading refuses
+them, in both formats, with a CorruptBrainError that says so."""
 import contextlib
 import json
 
@@ -11,7 +11,7 @@ import pytest
 
 import brainfile
 import melvin
-from melvin._core.core import CTX_DTYPE
+from melvin._core.core import CTX_DTYPE, EDGE_DTYPE
 from melvin._core.store import _miss_cost, crowd_limit, partitioned_fills
 from melvin.persist import dumps, loads
 
@@ -69,6 +69,53 @@ def test_a_crowded_brain_is_otherwise_valid(brain, keys, tmp_path):
     for load in (lambda: melvin.load(path), lambda: loads(path.read_bytes())):
         with pytest.raises(melvin.CorruptBrainError, match="context index is crowded"):
             load()
+
+
+def _fmix64(k):
+    k = k.copy()
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xFF51AFD7ED558CCD)
+    k ^= k >> np.uint64(33)
+    k *= np.uint64(0xC4CEB9FE1A85EC53)
+    k ^= k >> np.uint64(33)
+    return k
+
+
+def _home(h, cap):
+    """fastrange(h, cap): the high 64 bits of h * cap (cap < 2**32)."""
+    hi, lo, cap = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF), np.uint64(cap)
+    return (hi * cap + ((lo * cap) >> np.uint64(32))) >> np.uint64(32)
+
+
+def _crowded_edges(brain):
+    """The brain with every indexed edge (of a context with two or more successors) sent to
+    another pattern, each context's still distinct, chosen so that its edge index probe starts
+    in the first eighth of the index: ids pick edge hashes."""
+    buf = dumps(brain)
+    cap = json.loads(brainfile.split(buf)["meta"])["capacities"]["edge_index"]
+    dsts = np.arange(brain.stats()["nodes"], dtype=np.uint64)
+
+    def edit(a):
+        distinct = np.bincount(a["ctx"])
+        used = {}
+        for e in np.flatnonzero(distinct[a["ctx"]] >= 2):
+            c = int(a["ctx"][e])
+            homes = _home(_fmix64((np.uint64(c) << np.uint64(32)) | dsts), cap)
+            taken = used.setdefault(c, set())
+            pick = next(int(d) for d in np.flatnonzero(homes < cap // 8) if int(d) not in taken)
+            taken.add(pick)
+            a["dst"][e] = pick
+    return brainfile.records(buf, "edges", EDGE_DTYPE, edit)
+
+
+def test_crowded_edge_ids_are_refused(brain):
+    """(Format 3: a format 4 save renumbers the contexts, which spreads these hashes again.)"""
+    buf = _crowded_edges(brain)
+    with crowd_limit(None):
+        loads(buf).check()                # valid but for the crowding
+    for fills in (contextlib.nullcontext(), partitioned_fills()):
+        with fills, pytest.raises(melvin.CorruptBrainError, match="edge index is crowded"):
+            loads(buf)
 
 
 @pytest.mark.parametrize("mapped", [False, True], ids=["v3", "v4"])
