@@ -327,9 +327,15 @@ cdef inline uint32_t _trie_step_keyed(GraphC* g, uint32_t state, uint8_t byte, u
     return child if g.trie[child].byte == byte else NONE
 
 
+cdef inline uint32_t trie_step_counted(GraphC* g, uint32_t state, uint8_t byte,
+                                       uint64_t* passed) noexcept nogil:
+    """trie_step, adding the index slots its probe passed to *passed (loading bounds them)."""
+    return _trie_step_keyed(g, state, byte, trie_key(trie_roll(g.trie[state].hash, byte)), passed)
+
+
 cdef inline uint32_t trie_step(GraphC* g, uint32_t state, uint8_t byte) noexcept nogil:
     cdef uint64_t passed = 0
-    return _trie_step_keyed(g, state, byte, trie_key(trie_roll(g.trie[state].hash, byte)), &passed)
+    return trie_step_counted(g, state, byte, &passed)
 
 
 cdef enum:

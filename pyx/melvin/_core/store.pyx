@@ -654,8 +654,7 @@ cdef int trie_build(GraphC* g) noexcept nogil:
                 state = _trie_new(g, NONE, n.port, &passed)
                 g.port_root[n.port] = state
         for j in range(start, n.payload_len):
-            child = _trie_step_keyed(g, state, p[j], trie_key(trie_roll(g.trie[state].hash, p[j])),
-                                     &passed)
+            child = trie_step_counted(g, state, p[j], &passed)
             if child == NONE:
                 if g.n_trie >= g.cap_trie or (g.trie_ix.filled + 2) * 4 > g.trie_ix.capacity * 3 + 4:
                     return -1
@@ -933,8 +932,9 @@ cdef uint64_t _scan_slots(IndexC* ix, uint32_t n, uint64_t* miss_cost) noexcept 
     as one stripe, 14 ms as four). Then the stripes' runs are joined."""
     cdef uint64_t cap = ix.capacity, q = cap // 4, i, k, filled = 0, cost = 0, carry = 0, size
     cdef uint64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0, o0, o1, o2, o3
+    cdef uint64_t lead, first = 0         # a stripe's leading run; the table's
+    cdef bint leading = True
     cdef uint64_t start[5]
-    cdef uint64_t lead[4]
     cdef uint64_t tail[4]
     cdef uint32_t a, b, c, d, bad = 0, mask = ix_mask(cap)
     cdef const uint32_t* slots = ix.slots
@@ -978,15 +978,15 @@ cdef uint64_t _scan_slots(IndexC* ix, uint32_t n, uint64_t* miss_cost) noexcept 
     # (carry slots long) adds carry to each of its slots in this one.
     for k in range(4):
         size = start[k + 1] - start[k]
-        lead[k] = 0
-        while lead[k] < size and slots[start[k] + lead[k]]:
-            lead[k] += 1
-        cost += carry * lead[k]
-        carry = carry + size if lead[k] == size else tail[k]
-    i = 0                                 # the last run goes on into the first (an empty slot exists)
-    while slots[i]:
-        i += 1
-    miss_cost[0] = cost + carry * i
+        lead = 0
+        while lead < size and slots[start[k] + lead]:
+            lead += 1
+        cost += carry * lead
+        carry = carry + size if lead == size else tail[k]
+        if leading:
+            first += lead
+            leading = lead == size
+    miss_cost[0] = cost + carry * first   # the last run goes on into the first
     return filled
 
 
