@@ -118,6 +118,60 @@ def test_crowded_edge_ids_are_refused(brain):
             loads(buf)
 
 
+_LETTERS = np.array([c for c in range(256) if c >= 128 or chr(c).isascii() and chr(c).isalpha()],
+                    dtype=np.uint64)
+
+
+def _crowding_pairs(index):
+    """Two-letter words whose node key (index "node") or trie key ("trie") starts its probe in
+    the first eighth of the index whatever its size: fastrange keeps a key's place, so keys
+    below 2**61 do. A letter is either a first or a second letter, so no word's first letter is
+    ever followed by the end of an episode and each word is among the strongest continuations
+    of its first letter, which online BPE needs to fuse it."""
+    first, second = np.meshgrid(_LETTERS[0::2], _LETTERS[1::2], indexing="ij")
+    a, b = first.ravel(), second.ravel()
+    one, base = np.uint64(1), np.uint64(0x100000001B3)
+    if index == "node":        # node_key(poly_bytes(word), port 0, length 2)
+        poly = (a + one) * base + b + one
+        key = _fmix64(poly ^ _fmix64(np.array([2 + 0x9E3779B97F4A7C15], np.uint64)))
+    else:                      # trie_key of the word's prefix hash, rolled from the text root
+        h = np.uint64(0x9E3779B9)
+        for byte in (a, b):
+            h = (h * np.uint64(0x01000193) + byte + one) & np.uint64(0xFFFFFFFF)
+        key = _fmix64(h ^ np.uint64(0x6A09E667F3BCC909))
+    keep = key >> np.uint64(61) == 0
+    return [bytes([int(x), int(y)]) for x, y in zip(a[keep], b[keep])]
+
+
+@pytest.fixture(scope="module", params=["node", "trie"])
+def crowding_words(request):
+    """A brain that learned ~1,000 such words as patterns, and which index they crowd."""
+    words = _crowding_pairs(request.param)
+    g = melvin.Graph(melvin.Limits(max_memory="64M", embeddings=False, attention=False), seed=5)
+    for _ in range(2):
+        for word in words:
+            g.feed(word)
+    assert g.stats()["nodes"] == 257 + len(words) > 1200     # every word became a pattern
+    return request.param, g
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["v3", "v4"])
+def test_crowding_patterns_are_refused(crowding_words, mapped):
+    """Patterns are chosen by their bytes, so text can crowd the node and trie indexes: loading
+    such a brain is refused like crafted context keys, though nothing else is wrong with it."""
+    index, g = crowding_words
+    buf = dumps(g, mapped=mapped)
+    with crowd_limit(None):
+        loaded = loads(buf)
+        loaded.check()
+        assert loaded.stats()["nodes"] == g.stats()["nodes"]
+    fill_paths = [contextlib.nullcontext()] if mapped else [contextlib.nullcontext(),
+                                                           partitioned_fills()]
+    for fills in fill_paths:
+        with fills, pytest.raises(melvin.CorruptBrainError, match=f"{index} index is crowded"):
+            loads(buf)
+
+
 @pytest.mark.parametrize("mapped", [False, True], ids=["v3", "v4"])
 def test_every_index_is_bounded(brain, mapped):
     """With no room at all (bound 0), any index with an item is crowded: each loader reports it
