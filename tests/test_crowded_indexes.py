@@ -12,7 +12,7 @@ import pytest
 import brainfile
 import melvin
 from melvin._core.core import CTX_DTYPE, EDGE_DTYPE
-from melvin._core.store import _miss_cost, crowd_limit, partitioned_fills
+from melvin._core.store import _miss_cost, _pattern_keys, crowd_limit, partitioned_fills
 from melvin.persist import dumps, loads
 
 
@@ -118,8 +118,7 @@ def test_crowded_edge_ids_are_refused(brain):
             loads(buf)
 
 
-_LETTERS = np.array([c for c in range(256) if c >= 128 or chr(c).isascii() and chr(c).isalpha()],
-                    dtype=np.uint64)
+_LETTERS = [c for c in range(256) if c >= 128 or chr(c).isascii() and chr(c).isalpha()]
 
 
 def _crowding_pairs(index):
@@ -128,19 +127,9 @@ def _crowding_pairs(index):
     below 2**61 do. A letter is either a first or a second letter, so no word's first letter is
     ever followed by the end of an episode and each word is among the strongest continuations
     of its first letter, which online BPE needs to fuse it."""
-    first, second = np.meshgrid(_LETTERS[0::2], _LETTERS[1::2], indexing="ij")
-    a, b = first.ravel(), second.ravel()
-    one, base = np.uint64(1), np.uint64(0x100000001B3)
-    if index == "node":        # node_key(poly_bytes(word), port 0, length 2)
-        poly = (a + one) * base + b + one
-        key = _fmix64(poly ^ _fmix64(np.array([2 + 0x9E3779B97F4A7C15], np.uint64)))
-    else:                      # trie_key of the word's prefix hash, rolled from the text root
-        h = np.uint64(0x9E3779B9)
-        for byte in (a, b):
-            h = (h * np.uint64(0x01000193) + byte + one) & np.uint64(0xFFFFFFFF)
-        key = _fmix64(h ^ np.uint64(0x6A09E667F3BCC909))
-    keep = key >> np.uint64(61) == 0
-    return [bytes([int(x), int(y)]) for x, y in zip(a[keep], b[keep])]
+    which = 0 if index == "node" else 1
+    words = (bytes([a, b]) for a in _LETTERS[0::2] for b in _LETTERS[1::2])
+    return [w for w in words if _pattern_keys(w)[which] >> 61 == 0]
 
 
 @pytest.fixture(scope="module", params=["node", "trie"])
@@ -228,3 +217,23 @@ def test_the_miss_cost_scan_joins_its_stripes():
             assert got is None
         else:
             assert got == (occupied.sum(), _reference_miss_cost(occupied)), slots
+
+
+def test_bench_flood_crafts_what_it_says():
+    """tools/bench_flood.py: the crafted words' patterns start their probes in the first eighth of
+    the index aimed at, the plain words' do not, and both texts are the same size."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "tools" / "bench_flood.py"
+    spec = importlib.util.spec_from_file_location("bench_flood", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for index, which in (("trie", 1), ("node", 0)):
+        crafted, plain = bench.word_sets(300, 4, index, seed=2)
+        assert len(set(crafted)) == len(set(plain)) == 300
+        assert all(_pattern_keys(w)[which] >> 61 == 0 for w in crafted)
+        assert all(_pattern_keys(w)[which] >> 61 != 0 for w in plain)
+        sizes = [sum(map(len, bench.text(words, 3, seed=2))) for words in (crafted, plain)]
+        assert sizes[0] == sizes[1] == 300 * 3 * 5 - len(bench.text(crafted, 3, seed=2))
+    with pytest.raises(SystemExit, match="too many"):
+        bench.word_sets(3000, 3, "trie", seed=2)

@@ -1009,6 +1009,17 @@ def _miss_cost(const uint32_t[::1] slots):
     return None if filled == <uint64_t>-1 else (filled, cost)
 
 
+def _pattern_keys(const uint8_t[::1] payload, uint8_t port=0):
+    """Tests and tools/bench_flood.py: (node index key, trie index key) of a pattern with this
+    payload on a port, as the graph computes them (where their probes start)."""
+    cdef uint32_t n = payload.shape[0], h = trie_root_hash(port), j
+    if n == 0:
+        raise ValueError("a pattern's payload is not empty")
+    for j in range(n):
+        h = trie_roll(h, payload[j])
+    return node_key(poly_bytes(&payload[0], n), port, n), trie_key(h)
+
+
 cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
     """Format 4 numbers the contexts in the order of their index slots, so the index is checked in
     one pass in order over both: occupied slot number k names context k with its key's tag, its
