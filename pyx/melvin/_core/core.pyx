@@ -27,7 +27,7 @@ from melvin._core.store cimport (GraphC, ix_candidate, store_init, store_free, s
                                  trie_build, shrink_to_fit, ctx_find_many,
                                  caps_snapshot, caps_restore, verify_lists,
                                  verify_context_index, verify_edge_index, index_filled,
-                                 mapped_order, mapped_edge_index, ix_mask, ix_value, IX_CROWDED,
+                                 mapped_order, mapped_edge_index, ix_mask, ix_set_capacity, ix_value, IX_CROWDED,
                                  IX_CROWDED_FILLED)
 from melvin._core.embed cimport EMB_MAX, EmbC, embed_ctx, emb_cosine, cats_restore, cats_rechain
 from melvin._core.model cimport (TraceC, trace_reset, trace_push, trace_contexts, graph_init,
@@ -1132,6 +1132,13 @@ cdef class Core:
             raise InvariantError("a length exceeds its capacity")
         if g.n_nodes > g.max_nodes or g.n_edges > g.max_edges:
             raise InvariantError("a count cap is exceeded")
+        for name, mask, cap in (("node", g.node_ix.mask, g.node_ix.capacity),
+                                ("context", g.ctx_ix.mask, g.ctx_ix.capacity),
+                                ("edge", g.edge_ix.mask, g.edge_ix.capacity),
+                                ("trie", g.trie_ix.mask, g.trie_ix.capacity)):
+            if mask != ix_mask(cap):
+                raise InvariantError(f"the {name} index's position mask {mask:#x} does not match "
+                                     f"its capacity {cap}")
         if g.n_nodes < N_BASE or g.nodes[STOP].payload_len != 0:
             raise InvariantError("base nodes missing")
         for v in range(256):
@@ -1832,9 +1839,9 @@ cdef class Core:
         self._adopt(<void**>&g.edges, edges, sizeof(EdgeC), "edges")
         g.n_edges = g.cap_edges = ne
         self._adopt(<void**>&g.ctx_ix.slots, ctx_ix, sizeof(uint32_t), "context index")
-        g.ctx_ix.capacity = len(ctx_ix)
+        ix_set_capacity(&g.ctx_ix, len(ctx_ix))
         self._adopt(<void**>&g.edge_ix.slots, edge_ix, sizeof(uint32_t), "edge index")
-        g.edge_ix.capacity = len(edge_ix)
+        ix_set_capacity(&g.edge_ix, len(edge_ix))
         crc_ctx = crc_edge = None
         if crcs is not None:
             crc_ctx = ("contexts", ctxs, crcs[0], crcs[1]["contexts"])

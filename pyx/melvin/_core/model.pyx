@@ -265,7 +265,7 @@ cdef int _count(GraphC* g, uint64_t key, uint32_t ci, uint32_t v, uint32_t ei,
 cdef uint32_t _find_concat(GraphC* g, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
     cdef uint64_t cap = g.node_ix.capacity
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s, mask = ix_mask(cap)
+    cdef uint32_t s, mask = g.node_ix.mask
     cdef NodeC* n
     cdef NodeC* na = &g.nodes[a]
     cdef NodeC* nb = &g.nodes[b]

@@ -181,6 +181,11 @@ cdef extern from *:
     uint32_t ix_mask "melvin_ix_mask"(uint64_t capacity) noexcept nogil
 
 
+cdef inline void ix_set_capacity(IndexC* ix, uint64_t capacity) noexcept nogil:
+    ix.capacity = capacity
+    ix.mask = ix_mask(capacity)
+
+
 cdef inline uint32_t ix_slot(uint64_t h, uint32_t v, uint32_t mask) noexcept nogil:
     return (<uint32_t>h & ~mask) | (v + 1)
 
@@ -201,7 +206,7 @@ cdef inline uint32_t ix_candidate(IndexC* ix, uint64_t h) noexcept nogil:
     if ix.capacity == 0:
         return NONE
     i = fastrange(h, ix.capacity)
-    mask = ix_mask(ix.capacity)
+    mask = ix.mask
     for m in range(8):
         s = ix.slots[i]
         if s == 0:
@@ -220,7 +225,7 @@ cdef inline uint32_t node_find(GraphC* g, uint64_t key, const uint8_t* payload, 
     if g.node_ix.capacity == 0:
         return NONE
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s, v, mask = ix_mask(cap)
+    cdef uint32_t s, v, mask = g.node_ix.mask
     cdef NodeC* n
     while True:
         s = g.node_ix.slots[i]
@@ -242,7 +247,7 @@ cdef inline uint32_t ctx_find(GraphC* g, uint64_t key) noexcept nogil:
     if g.ctx_ix.capacity == 0:
         return NONE
     cdef uint64_t i = fastrange(key, cap)
-    cdef uint32_t s, v, mask = ix_mask(cap)
+    cdef uint32_t s, v, mask = g.ctx_ix.mask
     while True:
         s = g.ctx_ix.slots[i]
         if s == 0:
@@ -262,7 +267,7 @@ cdef inline uint32_t edge_find(GraphC* g, uint32_t ctx, uint32_t dst) noexcept n
         return NONE
     cdef uint64_t h = edge_hash(ctx, dst)
     cdef uint64_t i = fastrange(h, cap)
-    cdef uint32_t s, v, mask = ix_mask(cap)
+    cdef uint32_t s, v, mask = g.edge_ix.mask
     cdef EdgeC* e
     if g.ctxs[ctx].distinct < 2:          # a sole edge is not indexed: the list has it
         v = g.ctxs[ctx].head
@@ -290,7 +295,7 @@ cdef inline uint32_t _trie_probe(GraphC* g, uint64_t h, uint32_t parent, uint8_t
     if cap == 0:
         return NONE
     cdef uint64_t i = fastrange(h, cap)
-    cdef uint32_t s, v, mask = ix_mask(cap)
+    cdef uint32_t s, v, mask = g.trie_ix.mask
     cdef TrieC* t
     while True:
         s = g.trie_ix.slots[i]

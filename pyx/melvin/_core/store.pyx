@@ -7,6 +7,10 @@ from melvin._core.mem cimport pool_alloc, pool_resize, pool_free, ERR_LIMIT, ERR
 
 cdef int store_init(GraphC* g) noexcept nogil:
     cdef uint32_t i
+    ix_set_capacity(&g.node_ix, 0)        # (g is zeroed: no index yet)
+    ix_set_capacity(&g.ctx_ix, 0)
+    ix_set_capacity(&g.edge_ix, 0)
+    ix_set_capacity(&g.trie_ix, 0)
     for i in range(256):
         g.port_root[i] = NONE
         g.port_marker[i] = NONE
@@ -35,7 +39,10 @@ cdef void store_free(GraphC* g) noexcept nogil:
     g.node_ix.slots = NULL; g.ctx_ix.slots = NULL; g.edge_ix.slots = NULL; g.trie_ix.slots = NULL
     g.cap_nodes = g.cap_ctxs = g.cap_edges = g.cap_trie = g.cap_arena = 0
     g.n_nodes = g.n_ctxs = g.n_edges = g.n_trie = g.n_arena = 0
-    g.node_ix.capacity = g.ctx_ix.capacity = g.edge_ix.capacity = g.trie_ix.capacity = 0
+    ix_set_capacity(&g.node_ix, 0)
+    ix_set_capacity(&g.ctx_ix, 0)
+    ix_set_capacity(&g.edge_ix, 0)
+    ix_set_capacity(&g.trie_ix, 0)
     g.node_ix.filled = g.ctx_ix.filled = g.edge_ix.filled = g.trie_ix.filled = 0
 
 
@@ -110,7 +117,7 @@ cdef inline uint64_t _ix_put(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
         i += 1
         if i == cap:
             i = 0
-    ix.slots[i] = ix_slot(h, v, ix_mask(cap))
+    ix.slots[i] = ix_slot(h, v, ix.mask)
     ix.filled += 1
     return passed
 
@@ -119,7 +126,7 @@ cdef inline void _ix_unput(IndexC* ix, uint64_t h, uint32_t v) noexcept nogil:
     """Remove the slot of v (only right after inserting it, before anything probes past it)."""
     cdef uint64_t cap = ix.capacity
     cdef uint64_t i = fastrange(h, cap)
-    cdef uint32_t slot = ix_slot(h, v, ix_mask(cap))
+    cdef uint32_t slot = ix_slot(h, v, ix.mask)
     while ix.slots[i] != slot:
         i += 1
         if i == cap:
@@ -148,7 +155,7 @@ cdef inline bint _ix_put_new(GraphC* g, IndexC* ix, int kind, uint64_t h, uint32
     Adds the occupied slots passed to *passed."""
     cdef uint64_t cap = ix.capacity
     cdef uint64_t i = fastrange(h, cap)
-    cdef uint32_t s, mask = ix_mask(cap)
+    cdef uint32_t s, mask = ix.mask
     while True:
         s = ix.slots[i]
         if s == 0:
@@ -460,7 +467,7 @@ cdef int _ix_reserve(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t need)
         return -1
     pool_free(&g.pool, ix.slots, ix.capacity, sizeof(uint32_t))
     ix.slots = fresh
-    ix.capacity = new_cap
+    ix_set_capacity(ix, new_cap)
     _ix_fill(g, ix, kind, n)
     return 0
 
@@ -766,7 +773,7 @@ cdef void _shrink_index(GraphC* g, IndexC* ix, int kind, uint32_t n) noexcept no
         return                            # keep the larger index; it is still complete
     pool_free(&g.pool, ix.slots, ix.capacity, sizeof(uint32_t))
     ix.slots = fresh
-    ix.capacity = want
+    ix_set_capacity(ix, want)
     _ix_fill(g, ix, kind, n)
 
 
@@ -806,10 +813,10 @@ cdef int store_alloc_exact(GraphC* g, uint64_t* caps) noexcept nogil:
     g.edges = <EdgeC*>blocks[2]; g.cap_edges = <uint32_t>caps[2]
     g.trie = <TrieC*>blocks[3]; g.cap_trie = <uint32_t>caps[3]
     g.arena = <uint8_t*>blocks[4]; g.cap_arena = <uint32_t>caps[4]
-    g.node_ix.slots = <uint32_t*>blocks[5]; g.node_ix.capacity = caps[5]
-    g.ctx_ix.slots = <uint32_t*>blocks[6]; g.ctx_ix.capacity = caps[6]
-    g.edge_ix.slots = <uint32_t*>blocks[7]; g.edge_ix.capacity = caps[7]
-    g.trie_ix.slots = <uint32_t*>blocks[8]; g.trie_ix.capacity = caps[8]
+    g.node_ix.slots = <uint32_t*>blocks[5]; ix_set_capacity(&g.node_ix, caps[5])
+    g.ctx_ix.slots = <uint32_t*>blocks[6]; ix_set_capacity(&g.ctx_ix, caps[6])
+    g.edge_ix.slots = <uint32_t*>blocks[7]; ix_set_capacity(&g.edge_ix, caps[7])
+    g.trie_ix.slots = <uint32_t*>blocks[8]; ix_set_capacity(&g.trie_ix, caps[8])
     memset(g.trie_ix.slots, 0, caps[8] * sizeof(uint32_t))
     for i in range(256):
         g.port_root[i] = NONE
@@ -849,7 +856,7 @@ cdef void _restore_index(GraphC* g, IndexC* ix, int kind, uint32_t n, uint64_t o
         return
     if pool_resize(&g.pool, &p, ix.capacity, old, sizeof(uint32_t)) == 0:
         ix.slots = <uint32_t*>p
-        ix.capacity = old
+        ix_set_capacity(ix, old)
         if kind == 3:
             _ix_fill(g, ix, 3, g.n_trie)
         else:
@@ -1003,7 +1010,7 @@ def _miss_cost(const uint32_t[::1] slots):
     cdef IndexC ix
     cdef uint64_t cost, filled
     ix.slots = <uint32_t*>&slots[0] if slots.shape[0] else NULL
-    ix.capacity = slots.shape[0]
+    ix_set_capacity(&ix, slots.shape[0])
     ix.filled = 0
     filled = _scan_slots(&ix, NONE, &cost)
     return None if filled == <uint64_t>-1 else (filled, cost)
@@ -1122,7 +1129,7 @@ cdef void mapped_edge_index(GraphC* g, const uint32_t* order, const uint32_t* ct
     cdef uint32_t j
     cdef EdgeC* ed
     ix.slots = slots
-    ix.capacity = g.edge_ix.capacity
+    ix_set_capacity(&ix, g.edge_ix.capacity)
     ix.filled = 0
     memset(slots, 0, ix.capacity * sizeof(uint32_t))
     for j in range(g.n_edges):
