@@ -735,6 +735,28 @@ def _client_for(workers, scheduler, retries):
     return client, cluster, cluster.scheduler_address
 
 
+def _worker_melvin() -> tuple:
+    """Run on a worker: the melvin it imports (version, brain file format)."""
+    import melvin
+    from melvin import persist
+    return melvin.__version__, persist.VERSION
+
+
+def _check_workers(client) -> None:
+    """Every worker imports the same melvin as this process (version and brain format), or a
+    DistributedError says which does not and why. A worker that cannot import melvin's extension
+    (another environment, a source tree first on its path) otherwise left its tasks waiting
+    forever."""
+    mine = _worker_melvin()
+    found = client.run(_worker_melvin, on_error="return")
+    bad = {w: r for w, r in found.items() if not isinstance(r, (tuple, list)) or tuple(r) != mine}
+    if bad:
+        detail = "; ".join(f"{w}: {r!r}" if isinstance(r, BaseException) else
+                           f"{w}: melvin {r[0]}, brain format {r[1]}" for w, r in sorted(bad.items()))
+        raise DistributedError(f"{len(bad)} of {len(found)} worker(s) cannot train with this "
+                               f"melvin {mine[0]} (brain format {mine[1]}): {detail}")
+
+
 def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None, scheduler=None,
                       split: str = "lines", shard_bytes=None, checkpoint_dir=None, progress=None,
                       ship: str = "file", shards: int | None = None,
@@ -808,6 +830,7 @@ def train_distributed(inputs, out, *, limits: Limits, workers: int | None = None
     scratch = workdir = None
     handles = []            # dask Variables holding futures for tasks to wait on
     try:
+        _check_workers(client)
         n_workers = len(client.nthreads()) or (workers or 1)
         dashboard = client.dashboard_link
         log.info("dask scheduler %s with %d worker(s); dashboard: %s", address, n_workers, dashboard)

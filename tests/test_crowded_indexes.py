@@ -219,11 +219,15 @@ def test_the_miss_cost_scan_joins_its_stripes():
             assert got == (occupied.sum(), _reference_miss_cost(occupied)), slots
 
 
-def test_bench_flood_crafts_what_it_says():
+def test_bench_flood_crafts_what_it_says(monkeypatch):
     """tools/bench_flood.py: the crafted words' patterns start their probes in the first eighth of
     the index aimed at, the plain words' do not, and both texts are the same size."""
     import importlib.util
     import pathlib
+    import sys
+    # The tool puts the source tree first on sys.path; left there, processes spawned by later
+    # tests (dask's workers inherit sys.path) would import melvin from a tree with no extension.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     path = pathlib.Path(__file__).parents[1] / "tools" / "bench_flood.py"
     spec = importlib.util.spec_from_file_location("bench_flood", path)
     bench = importlib.util.module_from_spec(spec)

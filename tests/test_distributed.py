@@ -229,6 +229,31 @@ def test_vocabulary_keeps_patterns_only():
     v.check()
 
 
+class _Workers:
+    """A client whose workers answer run() with the given results (an exception as on_error="return"
+    hands it back)."""
+
+    def __init__(self, results):
+        self.results = results
+
+    def run(self, function, on_error="raise"):
+        assert on_error == "return"
+        return dict(self.results)
+
+
+def test_workers_that_cannot_run_this_melvin_are_refused():
+    """A worker that cannot import the extension (its tasks once waited forever: the cluster saw
+    no error) or imports another version is named in the error before any task is sent."""
+    from melvin.distributed import DistributedError, _check_workers, _worker_melvin
+    mine = _worker_melvin()
+    _check_workers(_Workers({"tcp://a": mine, "tcp://b": list(mine)}))    # (msgpack: a list)
+    broken = ModuleNotFoundError("No module named 'melvin._core.core'")
+    with pytest.raises(DistributedError, match=r"1 of 2 worker\(s\).*tcp://b.*melvin._core.core"):
+        _check_workers(_Workers({"tcp://a": mine, "tcp://b": broken}))
+    with pytest.raises(DistributedError, match=r"tcp://a: melvin 0.0.1, brain format"):
+        _check_workers(_Workers({"tcp://a": ("0.0.1", mine[1]), "tcp://b": mine}))
+
+
 # --- end to end on a 2-worker LocalCluster -------------------------------------------------------
 
 @pytest.fixture(scope="module")
