@@ -1379,7 +1379,7 @@ cdef class Core:
             if kind == "edge_index":
                 memcpy(slots, &slots_new[start], (stop - start) * sizeof(uint32_t))
             else:
-                mask = ix_mask(g.ctx_ix.capacity)
+                mask = g.ctx_ix.mask
                 for i in range(stop - start):
                     s = g.ctx_ix.slots[start + i]
                     slots[i] = (s & ~mask) | (cr[ix_value(s, mask)] + 1) if s else 0

@@ -5,12 +5,17 @@ from libc.math cimport sqrt
 from melvin._core.mem cimport pool_alloc, pool_resize, pool_free, ERR_LIMIT, ERR_CAP
 
 
-cdef int store_init(GraphC* g) noexcept nogil:
-    cdef uint32_t i
-    ix_set_capacity(&g.node_ix, 0)        # (g is zeroed: no index yet)
+cdef void _no_indexes(GraphC* g) noexcept nogil:
+    ix_set_capacity(&g.node_ix, 0)
     ix_set_capacity(&g.ctx_ix, 0)
     ix_set_capacity(&g.edge_ix, 0)
     ix_set_capacity(&g.trie_ix, 0)
+    g.node_ix.filled = g.ctx_ix.filled = g.edge_ix.filled = g.trie_ix.filled = 0
+
+
+cdef int store_init(GraphC* g) noexcept nogil:
+    cdef uint32_t i
+    _no_indexes(g)                        # (their slots are NULL: g is zeroed)
     for i in range(256):
         g.port_root[i] = NONE
         g.port_marker[i] = NONE
@@ -39,11 +44,7 @@ cdef void store_free(GraphC* g) noexcept nogil:
     g.node_ix.slots = NULL; g.ctx_ix.slots = NULL; g.edge_ix.slots = NULL; g.trie_ix.slots = NULL
     g.cap_nodes = g.cap_ctxs = g.cap_edges = g.cap_trie = g.cap_arena = 0
     g.n_nodes = g.n_ctxs = g.n_edges = g.n_trie = g.n_arena = 0
-    ix_set_capacity(&g.node_ix, 0)
-    ix_set_capacity(&g.ctx_ix, 0)
-    ix_set_capacity(&g.edge_ix, 0)
-    ix_set_capacity(&g.trie_ix, 0)
-    g.node_ix.filled = g.ctx_ix.filled = g.edge_ix.filled = g.trie_ix.filled = 0
+    _no_indexes(g)
 
 
 cdef size_t store_accounted(GraphC* g) noexcept nogil:
@@ -261,7 +262,7 @@ cdef int _ix_fill_partitioned(GraphC* g, IndexC* ix, int kind, uint32_t n, bint 
     as 6). Sets *found like _ix_fill's result; returns -1 (nothing written) without scratch."""
     cdef uint64_t cap = ix.capacity, h, i, base, zeroed = 0, spill = 0, k, end
     cdef uint64_t passed = 0, bound = crowd_bound(cap) if unique else <uint64_t>-1
-    cdef uint32_t mask = ix_mask(cap), shift = _part_shift
+    cdef uint32_t mask = ix.mask, shift = _part_shift
     while ((1u << shift) - 1) & ~mask:    # the offset bits must lie below the tag bits
         shift -= 1
     cdef uint32_t low = (1u << shift) - 1
@@ -943,7 +944,7 @@ cdef uint64_t _scan_slots(IndexC* ix, uint32_t n, uint64_t* miss_cost) noexcept 
     cdef bint leading = True
     cdef uint64_t start[5]
     cdef uint64_t tail[4]
-    cdef uint32_t a, b, c, d, bad = 0, mask = ix_mask(cap)
+    cdef uint32_t a, b, c, d, bad = 0, mask = ix.mask
     cdef const uint32_t* slots = ix.slots
     miss_cost[0] = 0
     if cap == 0:
@@ -1021,7 +1022,7 @@ def _pattern_keys(const uint8_t[::1] payload, uint8_t port=0):
     payload on a port, as the graph computes them (where their probes start)."""
     cdef uint32_t n = payload.shape[0], h = trie_root_hash(port), j
     if n == 0:
-        raise ValueError("a pattern's payload is not empty")
+        raise ValueError("a pattern has a payload of at least one byte")
     for j in range(n):
         h = trie_roll(h, payload[j])
     return node_key(poly_bytes(&payload[0], n), port, n), trie_key(h)
@@ -1034,7 +1035,7 @@ cdef uint32_t verify_context_index(GraphC* g) noexcept nogil:
     path (a lookup would stop there). Then each context is found as itself and the index holds
     nothing else. Returns the first context that is not, nc for a damaged index, IX_CROWDED for
     a crowded one (whose paths would take quadratic time to check), or NONE."""
-    cdef uint32_t nc = g.n_ctxs, k = 0, s, mask = ix_mask(g.ctx_ix.capacity)
+    cdef uint32_t nc = g.n_ctxs, k = 0, s, mask = g.ctx_ix.mask
     cdef uint64_t cap = g.ctx_ix.capacity, filled = index_filled(&g.ctx_ix, nc)
     cdef uint64_t i, h, p, path, tail
     cdef int64_t last_empty = -1          # the last empty slot before i
@@ -1101,7 +1102,7 @@ cdef uint32_t verify_edge_index(GraphC* g, uint32_t start, uint32_t stop,
 
 cdef void mapped_order(GraphC* g, uint32_t* ctx_order, uint32_t* ctx_rank, uint32_t* order,
                        uint32_t* rank) noexcept nogil:
-    cdef uint32_t c, e, j, k = 0, d, s, cursor = 0, mask = ix_mask(g.ctx_ix.capacity)
+    cdef uint32_t c, e, j, k = 0, d, s, cursor = 0, mask = g.ctx_ix.mask
     cdef uint64_t i
     for i in range(g.ctx_ix.capacity):
         s = g.ctx_ix.slots[i]
