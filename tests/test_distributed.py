@@ -246,7 +246,7 @@ def test_workers_that_cannot_run_this_melvin_are_refused():
     no error) or imports another version is named in the error before any task is sent."""
     from melvin.distributed import DistributedError, _check_workers, _worker_melvin
     mine = _worker_melvin()
-    _check_workers(_Workers({"tcp://a": mine, "tcp://b": list(mine)}))    # (msgpack: a list)
+    _check_workers(_Workers({"tcp://a": mine, "tcp://b": list(mine)}))    # (as a list too)
     broken = ModuleNotFoundError("No module named 'melvin._core.core'")
     with pytest.raises(DistributedError, match=r"1 of 2 worker\(s\).*tcp://b.*melvin._core.core"):
         _check_workers(_Workers({"tcp://a": mine, "tcp://b": broken}))
